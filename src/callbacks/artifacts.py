@@ -1,0 +1,148 @@
+"""What a user opens after a run: metrics.json, loss_curve.png and samples.txt in the run directory.
+
+The loss history is kept in this callback's state (saved in checkpoints), so a resumed run still plots and
+summarises the whole run, not only its second half. Only global rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from src.data.cache import atomic_write_text
+from src.models.components.generation import generate
+
+
+class RunArtifacts(Callback):
+    def __init__(self, sample_max_new_tokens: int = 48, sample_temperature: float = 0.0) -> None:
+        self.sample_max_new_tokens = sample_max_new_tokens
+        self.sample_temperature = sample_temperature
+        self.train_history: list[tuple[int, float]] = []  # (step, loss)
+        self.val_history: list[tuple[int, float]] = []
+        self.throughput: list[float] = []
+        self._start = 0.0
+        self._elapsed_before = 0.0
+
+    # ---- state travels with checkpoints ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "train_history": self.train_history,
+            "val_history": self.val_history,
+            "throughput": self.throughput,
+            "elapsed": self._elapsed_before + (time.perf_counter() - self._start if self._start else 0.0),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_history = [tuple(x) for x in state_dict["train_history"]]
+        self.val_history = [tuple(x) for x in state_dict["val_history"]]
+        self.throughput = list(state_dict.get("throughput", []))
+        self._elapsed_before = float(state_dict.get("elapsed", 0.0))
+
+    # ---- recording -----------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        # One point per optimizer step (the last micro-batch of an accumulation window).
+        if not self.train_history or self.train_history[-1][0] != trainer.global_step:
+            self.train_history.append((trainer.global_step, float(loss.detach())))
+        rate = trainer.callback_metrics.get("train/tokens_per_s")
+        if rate is not None:
+            self.throughput.append(float(rate))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        val = trainer.callback_metrics.get("val/loss")
+        if val is not None and not trainer.sanity_checking:
+            self.val_history.append((trainer.global_step, float(val)))
+
+    # ---- writing -------------------------------------------------------------------------------------
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        samples = self._samples(trainer, pl_module)  # every rank runs the model (sharded strategies need it)
+        if trainer.global_rank != 0:
+            return
+        out = Path(trainer.default_root_dir)
+        metrics = self.summary(trainer)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        if samples:
+            atomic_write_text(out / "samples.txt", "".join(f"### {p!r}\n{c}\n\n" for p, c in samples))
+        self._plot(out / "loss_curve.png")
+
+    def summary(self, trainer: pl.Trainer) -> dict[str, Any]:
+        tail = [loss for _, loss in self.train_history[-10:]]
+        val = self.val_history[-1][1] if self.val_history else None
+        rates = sorted(self.throughput[len(self.throughput) // 10:]) or [float("nan")]  # drop warm-up
+        return {
+            "steps": trainer.global_step,
+            "train/loss_first": self.train_history[0][1] if self.train_history else None,
+            "train/loss": sum(tail) / len(tail) if tail else None,
+            "val/loss": val,
+            "val/ppl": math.exp(min(val, 30.0)) if val is not None else None,
+            "train/tokens_per_s_median": rates[len(rates) // 2],
+            "wall_time_s": round(self._elapsed_before + time.perf_counter() - self._start, 2),
+            "run_dir": str(trainer.default_root_dir),
+        }
+
+    def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[str, str]]:
+        dm = trainer.datamodule
+        tok = getattr(pl_module, "tokenizer", None)
+        if self.sample_max_new_tokens <= 0 or tok is None or dm is None or not hasattr(dm, "sample_prompts"):
+            return []
+        prompts = list(dm.sample_prompts())
+        if not prompts:
+            return []
+        encoded = [tok.encode(p) or [tok.eos_id] for p in prompts]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), tok.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):  # left padding
+            ids[i, width - len(e):] = torch.tensor(e)
+            mask[i, width - len(e):] = 1
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            new = generate(
+                pl_module.backbone, ids.to(pl_module.device), mask.to(pl_module.device),
+                max_new_tokens=self.sample_max_new_tokens, temperature=self.sample_temperature,
+                stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id,
+            )
+        pl_module.train(was_training)
+        special = set(tok.special_ids)
+        return [(p, tok.decode([t for t in row.tolist() if t not in special])) for p, row in zip(prompts, new)]
+
+    def _plot(self, path: Path) -> None:
+        if not self.train_history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps, losses = zip(*self.train_history)
+        ax.plot(steps, losses, lw=1, alpha=0.8, label="train")
+        if self.val_history:
+            vs, vl = zip(*self.val_history)
+            ax.plot(vs, vl, "o-", label="validation")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(path.parent.name)
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)

@@ -1,0 +1,291 @@
+"""`LMDataModule`: causal-LM pretraining (packed rows) and SFT (prompt-masked, per-batch padded) data.
+
+Life cycle (Lightning): `prepare_data` (local rank 0 only) generates the corpus, trains/loads the tokenizer and
+fills the tokenization cache; `setup` (every rank) loads from those caches and builds the datasets. Everything is
+lazy and idempotent, so `.tokenizer` can be read before either (train.py needs vocab_size to build the model).
+
+Resume: `state_dict()` saves the global number of samples consumed at the checkpoint (an optimizer-step
+boundary); `load_state_dict()` makes the next `train_dataloader()` start the infinite sampler exactly there.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.errors import DataError
+from src.data.packing import PackedDataset, pack_flat, token_column_arrays
+from src.data.sampler import InfiniteSampler
+from src.data.sft import SFTCollator, SFTDataset, SFTTokenize
+from src.data.sources import Fields, LoadedSource, load_source, normalize_spec, to_plain
+from src.data.tokenized import TextTokenize, cached_map, tokenizer_fingerprint
+from src.data.tokenizer import Tokenizer, build_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def seed_worker(worker_id: int, base_seed: int, rank: int) -> None:
+    """Seed python/numpy/torch in a dataloader worker from (base seed, rank, worker id): distinct and reproducible."""
+    s = int(np.random.SeedSequence([int(base_seed), int(rank), int(worker_id)]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def stack_items(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Collate fixed-length packed items: every key becomes `[B, T]`."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+class LMDataModule(L.LightningDataModule):
+    """Causal-LM data. Batches follow docs/contracts.md (labels pre-shifted, -100 = no loss).
+
+    pretrain batches: input_ids, labels, attention_mask, position_ids, segment_ids, all `[B, seq_len]` long.
+    sft batches: input_ids, labels, attention_mask, position_ids, `[B, L]` long with L <= seq_len the longest
+    record in the batch (right padding).
+    """
+
+    def __init__(
+        self,
+        source: str | Mapping[str, Any],
+        format: str = "pretrain",
+        tokenizer: Mapping[str, Any] | None = None,
+        seq_len: int = 128,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        val_fraction: float = 0.05,
+        val_source: str | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        cache_dir: str = ".cache",
+        num_proc: int | None = None,
+        sample_prompts: list[str] | None = None,
+        text_field: str = "text",
+        prompt_field: str = "prompt",
+        response_field: str = "response",
+        messages_field: str = "messages",
+        drop_long_prompts: bool = False,
+        val_batch_size: int | None = None,
+        shuffle: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source = normalize_spec(source)
+        self.val_source = normalize_spec(val_source) if val_source else None
+        self.fields = Fields(format, text_field, prompt_field, response_field, messages_field)
+        self.format = format
+        self.tokenizer_cfg: dict[str, Any] = to_plain(tokenizer) if tokenizer else {"vocab_size": 512}
+        if seq_len < 2:
+            raise DataError(f"data.seq_len must be >= 2, got {seq_len}")
+        if batch_size < 1:
+            raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.seq_len, self.batch_size, self.num_workers = int(seq_len), int(batch_size), int(num_workers)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.val_fraction, self.seed = float(val_fraction), int(seed)
+        self.cache_dir = Path(cache_dir)
+        self.num_proc = num_proc
+        self._sample_prompts = list(sample_prompts) if sample_prompts else None
+        self.drop_long_prompts = bool(drop_long_prompts)
+        self.shuffle, self.pin_memory = bool(shuffle), bool(pin_memory)
+        self._samples_consumed = 0
+        self._tokenizer: Tokenizer | None = None
+        self._splits: tuple[LoadedSource, LoadedSource | None] | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    # -- raw data ----------------------------------------------------------------------------------------------
+    def _raw_splits(self) -> tuple[LoadedSource, LoadedSource | None]:
+        """(train, val) raw records; val is a seeded random `val_fraction` of the source unless `val_source`."""
+        if self._splits is not None:
+            return self._splits
+        src = load_source(self.source, self.fields, self.cache_dir)
+        if self.val_source is not None:
+            val = load_source(self.val_source, self.fields, self.cache_dir)
+            self._splits = (src, val)
+            return self._splits
+        n = len(src.dataset)
+        n_val = 0 if self.val_fraction == 0 else max(1, round(self.val_fraction * n))
+        if n_val and n - n_val < 1:
+            raise DataError(
+                f"{src.origin}: {n} record(s) cannot be split into train and val with data.val_fraction="
+                f"{self.val_fraction}; add data or set data.val_source=..."
+            )
+        perm = np.random.default_rng([self.seed, 7919]).permutation(n)
+        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        fp = f"{src.fingerprint}-seed{self.seed}-val{n_val}"
+        train = LoadedSource(src.dataset.select(train_idx), fp + "-train", src.origin)
+        val = LoadedSource(src.dataset.select(val_idx), fp + "-val", src.origin) if n_val else None
+        self._splits = (train, val)
+        return self._splits
+
+    def _training_texts(self) -> list[str]:
+        """Texts the BPE is trained on: the train split only (pretrain text, or SFT prompts/responses/turns)."""
+        ds = self._raw_splits()[0].dataset
+        f = self.fields
+        if f.format == "pretrain":
+            return list(ds[f.text])
+        texts: list[str] = []
+        cols = set(ds.column_names)
+        for rec in ds:
+            if f.messages in cols and rec.get(f.messages):
+                texts += [m["content"] for m in rec[f.messages]]
+            else:
+                texts += [rec[f.prompt], rec[f.response]]
+        return texts
+
+    # -- tokenizer ---------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer, built on first access (trains/loads the cached BPE, or loads a pretrained one)."""
+        if self._tokenizer is None:
+            self._tokenizer = build_tokenizer(self.tokenizer_cfg, self._training_texts, self.cache_dir)
+        return self._tokenizer
+
+    # -- datasets ----------------------------------------------------------------------------------------------
+    def _tokenize(self, split: LoadedSource) -> datasets.Dataset:
+        tok = self.tokenizer
+        if self.format == "pretrain":
+            fn: Any = TextTokenize(tok, self.fields)
+            key = ["pretrain-v1", split.fingerprint, tokenizer_fingerprint(tok), self.fields.text]
+        else:
+            fn = SFTTokenize(tok, self.fields, self.seq_len, self.drop_long_prompts)
+            key = [
+                "sft-v1",
+                split.fingerprint,
+                tokenizer_fingerprint(tok),
+                self.fields.__dict__,
+                self.seq_len,
+                self.drop_long_prompts,
+            ]
+        try:
+            return cached_map(split.dataset, fn, key, self.cache_dir, self.num_proc, f"tokenize {split.origin}")
+        except DataError as e:
+            raise DataError(f"{split.origin}: {e}") from None
+
+    def _build(self, split: LoadedSource) -> Dataset:
+        tok_ds = self._tokenize(split)
+        if len(tok_ds) == 0:
+            raise DataError(f"{split.origin}: no usable records left after tokenization (all dropped?)")
+        if self.format == "sft":
+            return SFTDataset(tok_ds)
+        flat, lengths = token_column_arrays(tok_ds.data.column("input_ids"))
+        rows = pack_flat(flat, lengths, self.seq_len, self.tokenizer.eos_id, self.tokenizer.pad_id)
+        return PackedDataset(rows)
+
+    def prepare_data(self) -> None:
+        """Once per node: generate/load the corpus, train the tokenizer, fill the tokenization cache."""
+        train, val = self._raw_splits()
+        _ = self.tokenizer
+        self._tokenize(train)
+        if val is not None:
+            self._tokenize(val)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        train, val = self._raw_splits()
+        self.train_dataset = self._build(train)
+        self.val_dataset = self._build(val) if val is not None else None
+        log.info(
+            "data: %d train / %s val items (%s)",
+            len(self.train_dataset),
+            len(self.val_dataset) if self.val_dataset is not None else 0,
+            self.format,
+        )
+
+    # -- loaders -----------------------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _collate(self) -> Any:
+        return stack_items if self.format == "pretrain" else SFTCollator(self.tokenizer.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        rank, world = self._rank_world()
+        if self._samples_consumed % world:
+            raise DataError(f"samples_consumed={self._samples_consumed} is not a multiple of world_size={world}")
+        sampler = InfiniteSampler(
+            len(self.train_dataset), self.seed, rank, world, self._samples_consumed, shuffle=self.shuffle
+        )
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+            worker_init_fn=functools.partial(seed_worker, base_seed=self.seed, rank=rank),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Finite, deterministic (file order); Lightning shards it across ranks. [] when there is no val split."""
+        if self.train_dataset is None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+            pin_memory=self.pin_memory,
+        )
+
+    # -- resume --------------------------------------------------------------------------------------------------
+    def samples_consumed(self) -> int:
+        """Global samples consumed so far (all ranks); checkpoints are taken at optimizer-step boundaries."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return self._samples_consumed
+        _, world = self._rank_world()
+        return int(trainer.global_step) * int(trainer.accumulate_grad_batches) * self.batch_size * world
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples_consumed": self.samples_consumed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._samples_consumed = int(state_dict.get("samples_consumed", 0))
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    def sample_prompts(self) -> list[str]:
+        """Short prompts for sample generation: configured ones, the task's own, or openings of val records."""
+        if self._sample_prompts:
+            return list(self._sample_prompts)
+        if self.source.get("kind") == "stories":
+            from src.data.tasks.stories import story_prompts
+
+            return story_prompts()
+        train, val = self._raw_splits()
+        ds = (val or train).dataset.select(range(min(4, len((val or train).dataset))))
+        f = self.fields
+        prompts: list[str] = []
+        for rec in ds:
+            if f.format == "pretrain":
+                prompts.append(" ".join(rec[f.text].split()[:4]))
+            elif rec.get(f.messages):
+                msgs = rec[f.messages]
+                last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+                prompts.append(
+                    self.tokenizer.hf.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
+                )
+            else:
+                prompts.append(rec[f.prompt])
+        return prompts

@@ -1,0 +1,286 @@
+"""Load user text into a `datasets.Dataset`, validating every record once, with errors that name the fix.
+
+A source spec is a plain dict (or a string path, short for `{kind: file, path: ...}`):
+
+- `{kind: file, path: data/train.jsonl}`: a .txt / .jsonl / .json / .parquet file, a directory of them, or a
+  glob. `.txt`: one document per blank-line-separated block (`txt_split: paragraph`, default) or per file
+  (`txt_split: file`).
+- `{kind: hf, name: roneneldan/TinyStories, config: null, split: train, data_files: null, revision: null}`:
+  `datasets.load_dataset`; works offline (HF_DATASETS_OFFLINE=1) once the dataset is in the HF cache.
+- `{kind: stories, n_docs: 20000, seed: 0}`: the generated quickstart corpus (`src/data/tasks/stories.py`).
+- `{kind: records, records: [{text: ...}, ...]}`: in-memory records (tests, notebooks).
+
+Only the fields the format needs are kept (`text` for pretraining; `prompt`/`response` or `messages` for SFT),
+so extra fields of any type never break Arrow schema inference.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+
+from src.data.cache import Hasher, file_stamp
+from src.data.errors import DataError
+
+TEXT_EXTS = (".txt",)
+JSONL_EXTS = (".jsonl", ".json")
+PARQUET_EXTS = (".parquet",)
+SUPPORTED_EXTS = TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS
+_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which record fields a format reads; the names are config keys (data.text_field, ...)."""
+
+    format: str = "pretrain"  # pretrain | sft
+    text: str = "text"
+    prompt: str = "prompt"
+    response: str = "response"
+    messages: str = "messages"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("pretrain", "sft"):
+            raise DataError(f"data.format must be 'pretrain' or 'sft', got {self.format!r}")
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.text] if self.format == "pretrain" else [self.prompt, self.response, self.messages]
+
+    def project(self, rec: Any, where: str) -> dict[str, Any]:
+        """Validate one record and keep only the fields the format reads; raise one DataError naming the fix."""
+        if not isinstance(rec, Mapping):
+            raise DataError(f"{where}: expected a JSON object per record, got {type(rec).__name__}; fix the record")
+        keys = json.dumps(sorted(str(k) for k in rec))
+        if self.format == "pretrain":
+            return {self.text: _get_str(rec, self.text, where, keys, "data.text_field")}
+        if rec.get(self.messages) is not None:
+            return {
+                self.prompt: None,
+                self.response: None,
+                self.messages: _get_messages(rec[self.messages], self.messages, where),
+            }
+        if self.prompt not in rec and self.response not in rec:
+            raise DataError(
+                f'{where}: SFT record has neither "{self.messages}" nor "{self.prompt}"/"{self.response}" '
+                f"(found keys: {keys}); set data.prompt_field/data.response_field or data.messages_field=..., "
+                "or fix the record"
+            )
+        return {
+            self.prompt: _get_str(rec, self.prompt, where, keys, "data.prompt_field"),
+            self.response: _get_str(rec, self.response, where, keys, "data.response_field"),
+            self.messages: None,
+        }
+
+
+def _get_str(rec: Mapping, field: str, where: str, keys: str, cfg_key: str) -> str:
+    if field not in rec:
+        raise DataError(
+            f'{where}: field "{field}" is missing (found keys: {keys}); set {cfg_key}=... or fix the record'
+        )
+    val = rec[field]
+    if not isinstance(val, str):
+        raise DataError(
+            f'{where}: field "{field}" must be a string, got {type(val).__name__} ({str(val)[:40]!r}); fix the record'
+        )
+    return val
+
+
+def _get_messages(val: Any, field: str, where: str) -> list[dict[str, str]]:
+    if not isinstance(val, list) or not val:
+        raise DataError(f'{where}: field "{field}" must be a non-empty list of {{role, content}} messages')
+    out = []
+    for i, m in enumerate(val):
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(
+                f'{where}: {field}[{i}] must be {{"role": str, "content": str}}, got {json.dumps(m)[:80]}; '
+                "fix the record"
+            )
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f'{where}: "{field}" has no assistant message, so there is nothing to train on')
+    return out
+
+
+@dataclass
+class LoadedSource:
+    dataset: datasets.Dataset
+    fingerprint: str  # stable across runs when the underlying data did not change (tokenization cache key)
+    origin: str  # human-readable name for error messages
+
+
+# --- readers --------------------------------------------------------------------------------------------------
+def _read_jsonl(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1)
+        while head and head.isspace():
+            head = f.read(1)
+        f.seek(0)
+        if head == "[":  # a .json file holding one array of records
+            try:
+                recs = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON ({e}); fix the file") from None
+            for i, rec in enumerate(recs):
+                yield fields.project(rec, f"{path} record {i}")
+            return
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno}); fix the record"
+                ) from None
+            yield fields.project(rec, f"{path} line {lineno}")
+
+
+def _read_txt(path: str, fields: Fields, split: str) -> Iterator[dict[str, Any]]:
+    if fields.format != "pretrain":
+        raise DataError(f"{path}: .txt files hold pretraining text; SFT data must be .jsonl/.json/.parquet")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e}); re-encode the file as UTF-8") from None
+    if split == "file":
+        blocks = [text.strip()]
+    elif split == "paragraph":
+        blocks = [b.strip() for b in _BLANK_LINES.split(text.replace("\r\n", "\n"))]
+    else:
+        raise DataError(f"txt_split must be 'paragraph' or 'file', got {split!r}")
+    for b in blocks:
+        if b:
+            yield {fields.text: b}
+
+
+def _read_parquet(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
+    schema_names = pq.read_schema(path).names
+    cols = [c for c in fields.columns if c in schema_names]
+    if not cols:
+        # let project() produce the standard "field missing" message for the first row
+        rows = pq.read_table(path).slice(0, 1).to_pylist()
+        for rec in rows:
+            fields.project(rec, f"{path} row 0")
+        return
+    for i, rec in enumerate(pq.read_table(path, columns=cols).to_pylist()):
+        yield fields.project(rec, f"{path} row {i}")
+
+
+def _resolve_files(path: str) -> list[str]:
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path, recursive=True))
+    elif os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).iterdir() if p.suffix.lower() in SUPPORTED_EXTS)
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise DataError(f"data source path {path!r} does not exist (cwd: {os.getcwd()}); set data.source.path=...")
+    files = [f for f in files if os.path.isfile(f)]
+    bad = [f for f in files if Path(f).suffix.lower() not in SUPPORTED_EXTS]
+    if bad:
+        raise DataError(f"unsupported file type(s) {bad[:3]}; supported: {', '.join(SUPPORTED_EXTS)}")
+    if not files:
+        raise DataError(f"no {'/'.join(SUPPORTED_EXTS)} files match data source path {path!r}")
+    return files
+
+
+def _read_file(path: str, fields: Fields, txt_split: str) -> Iterator[dict[str, Any]]:
+    ext = Path(path).suffix.lower()
+    if ext in TEXT_EXTS:
+        return _read_txt(path, fields, txt_split)
+    if ext in JSONL_EXTS:
+        return _read_jsonl(path, fields)
+    return _read_parquet(path, fields)
+
+
+# --- entry point ----------------------------------------------------------------------------------------------
+def normalize_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A plain-dict source spec (accepts a bare path string and OmegaConf nodes)."""
+    if isinstance(spec, (str, os.PathLike)):
+        return {"kind": "file", "path": str(spec)}
+    if not isinstance(spec, Mapping):
+        raise DataError(f"data.source must be a path or a mapping with a 'kind', got {type(spec).__name__}")
+    out = to_plain(spec)
+    out.setdefault("kind", "file" if "path" in out else None)
+    if out["kind"] not in ("file", "hf", "stories", "records"):
+        raise DataError(f"data.source.kind must be one of file|hf|stories|records, got {out['kind']!r}")
+    return out
+
+
+def to_plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or (hasattr(obj, "__iter__") and type(obj).__name__ == "ListConfig"):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def load_source(spec: str | Mapping[str, Any], fields: Fields, cache_dir: str | Path) -> LoadedSource:
+    """Load and validate a source; raises DataError on malformed records or an empty result."""
+    spec = normalize_spec(spec)
+    kind = spec["kind"]
+    if kind == "stories":
+        from src.data.tasks.stories import ensure_stories_jsonl
+
+        gen_kwargs = {k: v for k, v in spec.items() if k != "kind"}
+        path = ensure_stories_jsonl(cache_dir, **gen_kwargs)
+        spec = {"kind": "file", "path": str(path)}
+        kind = "file"
+    if kind == "file":
+        if not spec.get("path") or spec["path"] == "???":
+            raise DataError("data.source.path is not set; pass data.source.path=path/to/train.jsonl")
+        files = _resolve_files(str(spec["path"]))
+        split = spec.get("txt_split", "paragraph")
+        records = [r for f in files for r in _read_file(f, fields, split)]
+        fp = Hasher().update_json([[file_stamp(f) for f in files], split, fields.__dict__]).hexdigest()
+        origin = files[0] if len(files) == 1 else f"{spec['path']} ({len(files)} files)"
+        ds = datasets.Dataset.from_list(records) if records else None
+    elif kind == "records":
+        origin = "in-memory records"
+        records = [fields.project(r, f"record {i}") for i, r in enumerate(spec.get("records") or [])]
+        fp = Hasher().update_json([records, fields.__dict__]).hexdigest()
+        ds = datasets.Dataset.from_list(records) if records else None
+    else:  # hf
+        ds, fp, origin = _load_hf(spec, fields)
+    if ds is None or len(ds) == 0:
+        raise DataError(
+            f"{origin}: the dataset is empty (no records with the fields {fields.columns}); point data.source at "
+            "a non-empty file or dataset"
+        )
+    return LoadedSource(ds, fp, origin)
+
+
+def _load_hf(spec: dict[str, Any], fields: Fields) -> tuple[datasets.Dataset, str, str]:
+    name = spec.get("name")
+    if not name:
+        raise DataError("data.source.kind=hf needs data.source.name (e.g. roneneldan/TinyStories)")
+    origin = f"HF dataset {name}"
+    kwargs = {k: spec[k] for k in ("data_files", "revision", "data_dir") if spec.get(k) is not None}
+    ds = datasets.load_dataset(name, spec.get("config"), split=spec.get("split", "train"), **kwargs)
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"{origin}: set data.source.split (available: {list(ds)})")
+    if spec.get("max_records"):
+        ds = ds.select(range(min(int(spec["max_records"]), len(ds))))
+    cols = set(ds.column_names)
+    if fields.format == "pretrain" and fields.text not in cols:
+        raise DataError(
+            f'{origin}: field "{fields.text}" is missing (found columns: {sorted(cols)}); set data.text_field=...'
+        )
+    if fields.format == "sft" and fields.messages not in cols and not {fields.prompt, fields.response} <= cols:
+        raise DataError(
+            f'{origin}: SFT needs a "{fields.messages}" column or "{fields.prompt}"+"{fields.response}" columns '
+            f"(found columns: {sorted(cols)}); set data.messages_field / data.prompt_field / data.response_field"
+        )
+    keep = [c for c in fields.columns if c in cols]
+    ds = ds.select_columns(keep)
+    return ds, Hasher().update_json([ds._fingerprint, fields.__dict__]).hexdigest(), origin

@@ -1,0 +1,76 @@
+"""Tokenize a source dataset with `datasets.map`, cached under the cache dir by an explicit content key.
+
+The key combines the source fingerprint, the tokenizer's full serialization and the format options, so a
+cached Arrow file is reused only for exactly the same data and tokenizer. `new_fingerprint` is passed so that
+`datasets` does not try to hash the (large) tokenizer object itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from src.data.cache import Hasher
+from src.data.errors import DataError
+from src.data.sources import Fields
+from src.data.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    hf = tok.hf
+    return (
+        Hasher()
+        .update(hf.backend_tokenizer.to_str())
+        .update(str(getattr(hf, "chat_template", None)))
+        .update_json(sorted(tok.special_ids))
+        .hexdigest()
+    )
+
+
+class TextTokenize:
+    """Picklable batched map function: `text -> input_ids` (no specials; the eos is added when packing)."""
+
+    def __init__(self, tok: Tokenizer, fields: Fields) -> None:
+        self.tok, self.fields = tok, fields
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[list[int]]]:
+        texts = batch[self.fields.text]
+        for j, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataError(
+                    f'record {indices[j]}: field "{self.fields.text}" must be a string, got {type(t).__name__}; '
+                    "fix the record"
+                )
+        return {"input_ids": self.tok.encode_batch(texts)}
+
+
+def cached_map(
+    ds: datasets.Dataset,
+    fn: Callable,
+    key_parts: list[Any],
+    cache_dir: str | Path,
+    num_proc: int | None,
+    desc: str,
+) -> datasets.Dataset:
+    """`ds.map(fn, batched=True, with_indices=True)` written to `<cache_dir>/tokenized/<key>.arrow` and reused."""
+    key = Hasher().update_json(key_parts).hexdigest()
+    out_dir = Path(cache_dir) / "tokenized"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_proc = num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None
+    return ds.map(
+        fn,
+        batched=True,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        num_proc=num_proc,
+        cache_file_name=str(out_dir / f"{key}.arrow"),
+        new_fingerprint=key,
+        load_from_cache_file=True,
+        desc=desc,
+    )

@@ -1,0 +1,112 @@
+"""One entry point, ``token_logprobs``, that routes to the reference, chunked or Triton implementation.
+
+The choice is made per call (``impl=``), else by a process-wide default (``set_default_impl`` or the
+``TOKENSMITH_KERNEL_IMPL`` environment variable, so a Hydra config switch can force one), else automatically:
+Triton on CUDA tensors when Triton imports, the chunked PyTorch path everywhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+from src.kernels.reference import reference_token_logprobs
+
+IMPLS = ("auto", "reference", "chunked", "triton")
+ENV_VAR = "TOKENSMITH_KERNEL_IMPL"
+
+_default_impl: str | None = None
+
+
+def set_default_impl(name: str | None) -> None:
+    """Force an implementation for every later call that passes no ``impl`` (None or "auto" restores auto)."""
+    global _default_impl
+    if name is not None and name not in IMPLS:
+        raise ValueError(f"unknown kernel impl {name!r}; expected one of {IMPLS}")
+    _default_impl = None if name in (None, "auto") else name
+
+
+def get_default_impl() -> str:
+    """The process-wide default: set_default_impl's value, else the environment variable, else "auto"."""
+    if _default_impl is not None:
+        return _default_impl
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in IMPLS:
+        raise ValueError(f"{ENV_VAR}={name!r}; expected one of {IMPLS}")
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when the Triton path can be imported (Triton installed and our kernels compile-importable)."""
+    try:
+        import src.kernels.triton_logprobs  # noqa: F401
+    except Exception:  # ImportError, or a broken Triton install: fall back rather than fail a training run
+        return False
+    return True
+
+
+def resolve_impl(impl: str | None, device: torch.device) -> str:
+    """Turn a requested impl (None/"auto"/name) into the concrete one used for tensors on ``device``."""
+    name = get_default_impl() if impl is None else impl
+    if name not in IMPLS:
+        raise ValueError(f"unknown kernel impl {name!r}; expected one of {IMPLS}")
+    if name != "auto":
+        return name
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    return "chunked"
+
+
+def token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    chunk_size: int | None = None,
+    impl: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-token log π(y) (and entropy) of softmax((h·Wᵀ + b) / temperature), without needing [N, V] logits.
+
+    hidden [..., d], weight [V, d], targets [...] (long), bias [V] or None; leading dims are flattened to N and
+    restored on the outputs. Returns logp [...] or (logp, entropy) when ``with_entropy``. Rows whose target is
+    ``ignore_index`` give 0 and get no gradient. Differentiable w.r.t. hidden, weight and bias for ANY upstream
+    gradient (DPO, GRPO, weighted CE); entropy is differentiable only with ``entropy_grad=True``.
+    ``chunk_size`` (rows per chunk) overrides the chunked path's memory-budget choice; other paths ignore it.
+    """
+    if hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"hidden [..., {hidden.shape[-1]}] and weight [V, {weight.shape[-1]}] disagree on d")
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree on rows")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    lead = targets.shape
+    h = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
+    y = targets.reshape(-1)  # [N]
+    name = resolve_impl(impl, h.device)
+    kwargs = dict(bias=bias, temperature=temperature, ignore_index=ignore_index, with_entropy=with_entropy,
+                  entropy_grad=entropy_grad)
+    if name == "reference":
+        out = reference_token_logprobs(h, weight, y, **kwargs)
+    elif name == "chunked":
+        from src.kernels.chunked import chunked_token_logprobs
+
+        out = chunked_token_logprobs(h, weight, y, chunk_size=chunk_size, **kwargs)
+    else:
+        if not triton_available():
+            raise RuntimeError("impl='triton' requested but Triton (or src.kernels.triton_logprobs) is unavailable")
+        from src.kernels.triton_logprobs import triton_token_logprobs
+
+        out = triton_token_logprobs(h, weight, y, **kwargs)
+    if with_entropy:
+        logp, entropy = out
+        return logp.reshape(lead), entropy.reshape(lead)
+    return out.reshape(lead)

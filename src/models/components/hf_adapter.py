@@ -1,0 +1,186 @@
+"""HFBackbone: any Hugging Face `AutoModelForCausalLM` behind the Backbone contract.
+
+The adapter runs only the decoder (`get_decoder()`) and exposes the LM head's weight instead of calling it:
+objectives then compute per-token log-probs with the fused kernels from `hidden` and `output_weight` and never
+build the [B, T, V] logits a 49k-vocabulary model would otherwise allocate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from src.models.components.attention_mask import sdpa_mask
+from src.runtime.pretrained import resolve_pretrained
+
+
+def _plain(obj: Any) -> Any:
+    """Hydra hands nested dicts/lists over as DictConfig/ListConfig; HF and peft want plain containers."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a project dependency
+        return obj
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
+def _dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if isinstance(torch_dtype, str) and torch_dtype != "auto":
+        return getattr(torch, torch_dtype)
+    return torch_dtype
+
+
+class HFBackbone(nn.Module):
+    """Wrap a causal LM given as a Hub name / local path / registered short name (`smollm2-135m`) or a config
+    dict (`{"model_type": "llama", "hidden_size": 64, ...}`, randomly initialised).
+
+    pretrained=False with a name builds the same architecture with random weights. vocab_size resizes the
+    embeddings (pretrained) or sets the config (from a dict) so the model matches our tokenizer. lora is a dict of
+    `peft.LoraConfig` kwargs; with it only the LoRA parameters are trainable.
+    """
+
+    def __init__(
+        self,
+        model: str | Mapping[str, Any],
+        *,
+        pretrained: bool = True,
+        gguf_file: str | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        vocab_size: int | None = None,
+        lora: Mapping[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str = "sdpa",
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model = _plain(model)
+        dtype = _dtype(torch_dtype)
+        if isinstance(model, Mapping):
+            cfg = dict(model)
+            model_type = cfg.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("a config dict for HFBackbone needs 'model_type' (e.g. 'llama')")
+            if vocab_size is not None:
+                cfg["vocab_size"] = vocab_size
+            config = AutoConfig.for_model(model_type, **cfg)
+            hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+        else:
+            path, registered_gguf = resolve_pretrained(model, cache_dir)
+            gguf_file = gguf_file or registered_gguf
+            if pretrained:
+                hf = AutoModelForCausalLM.from_pretrained(
+                    path, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation
+                )
+            else:
+                config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
+                hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+            if vocab_size is not None and vocab_size != hf.get_output_embeddings().weight.shape[0]:
+                hf.resize_token_embeddings(vocab_size)
+        if gradient_checkpointing:  # non-reentrant: works with frozen (LoRA) inputs without extra hooks
+            if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5 name
+                hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf.config.use_cache = False  # training forwards never want a cache; forward_cached asks explicitly
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            hf = get_peft_model(hf, LoraConfig(**_plain(lora)))
+        self.model = hf
+
+    # --- module lookup (works with and without a peft wrapper) --------------------------------------------
+    def _base(self) -> nn.Module:
+        """The transformers model, even when wrapped by peft (LoRA layers are injected into it in place)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self._base().get_decoder()
+
+    @property
+    def config(self) -> Any:
+        return self._base().config
+
+    # --- Backbone contract ---------------------------------------------------------------------------------
+    @property
+    def output_weight(self) -> Tensor:  # [V, d]; the tied embedding when the model ties them
+        return self._base().get_output_embeddings().weight
+
+    @property
+    def output_bias(self) -> Tensor | None:  # [V] or None
+        return getattr(self._base().get_output_embeddings(), "bias", None)
+
+    @property
+    def causal(self) -> bool:
+        return True
+
+    @property
+    def vocab_size(self) -> int:
+        return self.output_weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def forward(
+        self,
+        input_ids: Tensor,  # [B, T]
+        attention_mask: Tensor | None = None,  # [B, T] 1 = real, 0 = pad
+        position_ids: Tensor | None = None,  # [B, T]
+        segment_ids: Tensor | None = None,  # [B, T] packed documents, 0 = pad
+    ) -> Tensor:  # [B, T, d] after the final norm
+        mask: Tensor | None = attention_mask
+        if segment_ids is not None:
+            mask = self._segment_mask(attention_mask, segment_ids)
+        try:
+            out = self.decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        except Exception as err:  # surface *why* a packed batch failed instead of a deep HF stack trace
+            if segment_ids is not None:
+                raise RuntimeError(
+                    f"{type(self._base()).__name__} rejected the 4D block-diagonal mask built from segment_ids; "
+                    "this model cannot train on packed rows. Disable packing in the data config."
+                ) from err
+            raise
+        return out.last_hidden_state
+
+    def _segment_mask(self, attention_mask: Tensor | None, segment_ids: Tensor) -> Tensor:
+        """Block-diagonal causal mask in the format the configured attention implementation reads as-is."""
+        impl = self.config._attn_implementation
+        b, t = segment_ids.shape
+        allowed, _ = sdpa_mask(
+            attention_mask, segment_ids, causal=True, q_len=t, kv_len=t, device=segment_ids.device
+        )  # [B, 1, T, T] bool, True = attend
+        if impl == "sdpa":
+            return allowed
+        if impl == "eager":  # eager adds the mask to the scores
+            dtype = self.output_weight.dtype
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            return torch.where(allowed, zero, torch.finfo(dtype).min)
+        raise ValueError(
+            f"segment_ids (packed rows) need attn_implementation 'sdpa' or 'eager' (a 4D mask); this model uses "
+            f"'{impl}'. Set model.attn_implementation=sdpa or disable packing."
+        )
+
+    @torch.no_grad()
+    def forward_cached(
+        self,
+        input_ids: Tensor,  # [B, T_new]
+        attention_mask: Tensor,  # [B, S_past + T_new]
+        position_ids: Tensor,  # [B, T_new]
+        cache: Any | None,  # transformers Cache (DynamicCache) or None to start
+    ) -> tuple[Tensor, Any]:
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state, out.past_key_values

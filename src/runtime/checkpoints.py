@@ -1,0 +1,42 @@
+"""Resolving `ckpt_path=` into a checkpoint file, with errors that name the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    pass
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_dir: str | Path) -> str | None:
+    """Turn the user's `ckpt_path` into a file.
+
+    - None: fresh run.
+    - "last": `<this run dir>/checkpoints/last.ckpt` if it exists (a requeued SLURM job keeps its run dir),
+      else the most recently written `last.ckpt` among this task's runs.
+    - a run directory: its `checkpoints/last.ckpt`.
+    - a file: itself.
+    """
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        own = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if own.is_file():
+            return str(own)
+        candidates = sorted(Path(task_runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise CheckpointNotFoundError(
+                f"ckpt_path=last: no checkpoints/last.ckpt under {task_runs_dir}/*/ — nothing to resume. "
+                "Run without ckpt_path first, or pass ckpt_path=<run dir or .ckpt file>."
+            )
+        return str(candidates[-1])
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"ckpt_path={ckpt_path}: {path} does not exist. Pass a .ckpt file, a run directory "
+            "(containing checkpoints/last.ckpt) or ckpt_path=last."
+        )
+    return str(path)

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from src.data.errors import DataError
+from src.data.lm_datamodule import LMDataModule
+from src.data.packing import IGNORE_INDEX
+from tests.data.conftest import write_jsonl
+
+PRETRAIN_KEYS = {"input_ids", "labels", "attention_mask", "position_ids", "segment_ids"}
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+
+def _pretrain_dm(tmp_path, corpus, **kw):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in corpus])
+    args = dict(
+        source={"kind": "file", "path": str(path)},
+        tokenizer={"vocab_size": 300},
+        seq_len=32,
+        batch_size=4,
+        val_fraction=0.1,
+        seed=0,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    return LMDataModule(**(args | kw))
+
+
+def test_pretrain_batches_follow_the_contract(tmp_path, corpus):
+    dm = _pretrain_dm(tmp_path, corpus)
+    assert dm.tokenizer.vocab_size == 300  # available before setup: train.py sizes the model from it
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == PRETRAIN_KEYS
+    for k, v in batch.items():
+        assert v.shape == (4, 32) and v.dtype == torch.long, k
+    inp, lab = batch["input_ids"], batch["labels"]
+    same = (lab != IGNORE_INDEX)[:, :-1]
+    assert torch.equal(lab[:, :-1][same], inp[:, 1:][same])  # labels are the next input token
+    val = list(dm.val_dataloader())
+    assert val and all(set(b) == PRETRAIN_KEYS for b in val)
+    assert [b["input_ids"].tolist() for b in dm.val_dataloader()] == [b["input_ids"].tolist() for b in val]
+    # val documents are held out of train: the two splits' packed tokens together are every document once
+    n_tokens = sum(len(dm.tokenizer.encode(t)) + 1 for t in corpus)
+    n_real = sum(int(dm.train_dataset[i]["attention_mask"].sum()) + 1 for i in range(len(dm.train_dataset)))
+    n_real += sum(int(dm.val_dataset[i]["attention_mask"].sum()) + 1 for i in range(len(dm.val_dataset)))
+    assert n_real - len(dm.train_dataset) - len(dm.val_dataset) <= n_tokens <= n_real
+
+
+def test_resume_continues_exactly_where_training_stopped(tmp_path, corpus):
+    dm = _pretrain_dm(tmp_path, corpus)
+    dm.setup("fit")
+    first = [b["input_ids"] for b in itertools.islice(iter(dm.train_dataloader()), 6)]
+    # a checkpoint after 3 optimizer steps (accumulate 1, one device)
+    dm.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=1, world_size=1, global_rank=0)
+    state = dm.state_dict()
+    assert state == {"samples_consumed": 3 * 4}
+    dm2 = _pretrain_dm(tmp_path, corpus, num_workers=2)
+    dm2.load_state_dict(state)
+    dm2.setup("fit")
+    resumed = [b["input_ids"] for b in itertools.islice(iter(dm2.train_dataloader()), 3)]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, first[3:]))
+
+
+def test_state_dict_counts_all_ranks_and_accumulation(tmp_path, corpus):
+    dm = _pretrain_dm(tmp_path, corpus)
+    dm.trainer = SimpleNamespace(global_step=5, accumulate_grad_batches=2, world_size=2, global_rank=1)
+    assert dm.state_dict() == {"samples_consumed": 5 * 2 * 4 * 2}
+
+
+def test_sft_end_to_end_masks_prompts_and_pads(tmp_path):
+    recs = [{"prompt": f"Q{i}: who went to the park?", "response": f" Tom {'went ' * (i % 5)}home."} for i in range(40)]
+    path = write_jsonl(tmp_path / "sft.jsonl", recs)
+    dm = LMDataModule(
+        {"kind": "file", "path": str(path)},
+        format="sft",
+        tokenizer={"vocab_size": 300},
+        seq_len=64,
+        batch_size=8,
+        seed=1,
+        cache_dir=str(tmp_path / "c"),
+        val_fraction=0.1,
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
+    b, t = batch["input_ids"].shape
+    assert b == 8 and t <= 64 and all(v.shape == (b, t) and v.dtype == torch.long for v in batch.values())
+    tok = dm.tokenizer
+    for i in range(b):
+        n = int(batch["attention_mask"][i].sum())
+        ids = batch["input_ids"][i, :n].tolist()
+        text = tok.decode(ids)
+        prompt = text[: text.index("?") + 1]
+        n_prompt = len(tok.encode(prompt))
+        lab = batch["labels"][i].tolist()
+        assert lab[: n_prompt - 1] == [IGNORE_INDEX] * (n_prompt - 1)
+        assert IGNORE_INDEX not in lab[n_prompt - 1 : n]
+        assert lab[n - 1] == tok.eos_id and lab[n:] == [IGNORE_INDEX] * (t - n)
+    assert dm.sample_prompts()[0].startswith("Q")
+
+
+def test_empty_source_is_a_clear_error(tmp_path):
+    (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+    dm = LMDataModule(str(tmp_path / "e.jsonl"), cache_dir=str(tmp_path))
+    with pytest.raises(DataError, match="empty"):
+        _ = dm.tokenizer
+
+
+def test_shipped_stories_config_instantiates_and_yields_batches(tmp_path):
+    cfg = OmegaConf.create(
+        {"seed": 3, "paths": {"cache_dir": str(tmp_path)}, "data": OmegaConf.load(CONF / "stories.yaml")}
+    )
+    cfg.data.source.n_docs = 1500  # the real size is 20000; same code path, faster test
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, LMDataModule) and dm.tokenizer.vocab_size == 512
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == (16, 128)
+    assert dm.sample_prompts()
+    for name in ("jsonl.yaml", "sft_jsonl.yaml"):
+        node = OmegaConf.load(CONF / name)
+        assert node._target_ == "src.data.lm_datamodule.LMDataModule" and OmegaConf.is_missing(node.source, "path")
+
+
+class _Recorder:
+    """A minimal LightningModule that records the batches it trains on."""
+
+    @staticmethod
+    def make(vocab_size: int):
+        import lightning as L
+
+        class M(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.head = torch.nn.Embedding(vocab_size, vocab_size)
+                self.seen: list[torch.Tensor] = []
+
+            def training_step(self, batch, i):
+                self.seen.append(batch["input_ids"].clone())
+                logits = self.head(batch["input_ids"])  # [B, T, V]
+                return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        return M()
+
+
+def test_lightning_resume_sees_the_same_batches_as_an_uninterrupted_run(tmp_path):
+    import lightning as L
+
+    def fit(max_steps, ckpt=None):
+        dm = LMDataModule(
+            {"kind": "stories", "n_docs": 300}, seq_len=16, batch_size=2, cache_dir=str(tmp_path), val_fraction=0.0
+        )
+        model = _Recorder.make(dm.tokenizer.vocab_size)
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            accumulate_grad_batches=2,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        return model.seen, trainer
+
+    full, _ = fit(6)
+    first, trainer = fit(4)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    rest, _ = fit(6, str(tmp_path / "c.ckpt"))
+    assert len(first) == 8 and len(rest) == 4  # micro-batches: 2 per optimizer step
+    assert all(torch.equal(a, b) for a, b in zip(full, first + rest))

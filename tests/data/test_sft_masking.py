@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.data.errors import DataError
+from src.data.packing import IGNORE_INDEX
+from src.data.sft import SFTCollator, encode_sft
+from src.data.sources import Fields
+from src.data.tokenizer import SpecialTokens, train_bpe
+
+SFT = Fields("sft")
+CHAT = (
+    "{% for m in messages %}<|sep|>{{ m.role }}: {{ m.content }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<|sep|>assistant: {% endif %}"
+)
+
+
+def _labels(ids, target):
+    """The pre-shifted labels the dataset derives from (ids, target_mask)."""
+    return [ids[t + 1] if target[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
+
+
+def test_prompt_response_labels_are_masked_exactly_on_the_prompt(bpe):
+    rec = {"prompt": "Tom went to the park.", "response": " He found a ball."}
+    ids, target = encode_sft(bpe, rec, SFT, 64, "r0")
+    p, r = bpe.encode(rec["prompt"]), bpe.encode(rec["response"])
+    assert ids == p + r + [bpe.eos_id]
+    labels = _labels(ids, target)
+    # positions 0..len(p)-2 predict prompt tokens -> masked; from len(p)-1 on, the response and the eos
+    assert labels[: len(p) - 1] == [IGNORE_INDEX] * (len(p) - 1)
+    assert labels[len(p) - 1 :] == r + [bpe.eos_id]
+
+
+def test_collator_right_pads_with_masked_labels(bpe):
+    items = []
+    for rec in [{"prompt": "Mia", "response": " ran."}, {"prompt": "A long prompt here", "response": " ok"}]:
+        ids, target = encode_sft(bpe, rec, SFT, 64, "r")
+        items.append({"input_ids": torch.tensor(ids[:-1]), "labels": torch.tensor(_labels(ids, target))})
+    batch = SFTCollator(bpe.pad_id)(items)
+    lens = [len(it["input_ids"]) for it in items]
+    t = max(lens)
+    for k in ("input_ids", "labels", "attention_mask", "position_ids"):
+        assert batch[k].shape == (2, t)
+    for i, n in enumerate(lens):
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (t - n)
+        assert batch["labels"][i, n:].tolist() == [IGNORE_INDEX] * (t - n)
+        assert batch["input_ids"][i, n:].tolist() == [bpe.pad_id] * (t - n)
+        assert batch["labels"][i, :n].tolist() == items[i]["labels"].tolist()
+
+
+def test_truncation_keeps_prompt_and_cuts_response_tail(bpe):
+    rec = {"prompt": "Tom went to the park.", "response": " He found a ball and a kite and a hat."}
+    p = bpe.encode(rec["prompt"])
+    ids, target = encode_sft(bpe, rec, SFT, len(p) + 2, "r")
+    assert len(ids) == len(p) + 3 and ids[: len(p)] == p and sum(target) == 3
+
+
+def test_prompt_too_long_is_an_error_or_dropped(bpe, tmp_path):
+    from src.data.sft import SFTTokenize
+
+    rec = {"prompt": "Tom went to the park and the beach.", "response": " Yes."}
+    seq_len = len(bpe.encode(rec["prompt"])) - 1
+    batch = {k: [v] for k, v in rec.items()} | {"messages": [None]}
+    with pytest.raises(DataError, match=r"record 7: the prompt alone fills data.seq_len.*drop_long_prompts"):
+        SFTTokenize(bpe, SFT, seq_len, drop_long_prompts=False)(batch, [7])
+    assert SFTTokenize(bpe, SFT, seq_len, drop_long_prompts=True)(batch, [7]) == {"input_ids": [], "target_mask": []}
+
+
+def test_messages_train_only_on_assistant_turns(corpus, tmp_path):
+    tok = train_bpe(corpus, 320, SpecialTokens(n_reserved_pads=2, extras=("<|sep|>",)), tmp_path)
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Tom ran."},
+        {"role": "user", "content": "More"},
+        {"role": "assistant", "content": "Mia sat."},
+    ]
+    with pytest.raises(DataError, match="chat template"):
+        encode_sft(tok, {"messages": msgs}, SFT, 128, "r")
+    tok.hf.chat_template = CHAT
+    ids, target = encode_sft(tok, {"messages": msgs}, SFT, 128, "r")
+    assert tok.decode(ids) == tok.hf.apply_chat_template(msgs, tokenize=False)
+    trained = [i for i, m in zip(ids, target) if m]
+    assert tok.decode(trained) == "Tom ran.<|endoftext|>Mia sat.<|endoftext|>"

@@ -1,0 +1,126 @@
+"""HFBackbone: hidden states + output weight reproduce the HF model's own logits, for every way of building it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.models.components.hf_adapter import HFBackbone
+from tests.models.components.conftest import VOCAB, tiny_hf, tiny_llama_config
+
+ATOL = 1e-5
+
+
+def ids(b: int, t: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def logits_from(backbone: HFBackbone, *args, **kwargs) -> torch.Tensor:
+    h = backbone(*args, **kwargs)  # [B, T, d]
+    out = h @ backbone.output_weight.T
+    return out if backbone.output_bias is None else out + backbone.output_bias
+
+
+def test_hidden_times_output_weight_equals_hf_logits(hf):
+    x = ids(2, 7)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    h = hf(x, mask)
+    assert h.shape == (2, 7, 32) and hf.output_weight.shape == (VOCAB, 32)
+    assert (hf.vocab_size, hf.hidden_size, hf.causal, hf.output_bias) == (VOCAB, 32, True, None)
+    ref = hf.model(input_ids=x, attention_mask=mask).logits
+    torch.testing.assert_close(logits_from(hf, x, mask), ref, atol=ATOL, rtol=0)
+
+
+def test_lm_head_bias_is_exposed():
+    torch.manual_seed(0)
+    phi = HFBackbone(
+        dict(
+            model_type="phi",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+        )
+    ).eval()
+    assert phi.output_bias is not None and phi.output_bias.shape == (VOCAB,)
+    x = ids(1, 5)
+    torch.testing.assert_close(logits_from(phi, x), phi.model(input_ids=x).logits, atol=ATOL, rtol=0)
+
+
+def test_tied_embeddings_are_the_output_weight():
+    m = tiny_hf(tie_word_embeddings=True)
+    assert m.output_weight.data_ptr() == m.model.get_input_embeddings().weight.data_ptr()
+
+
+def test_local_path_and_pretrained_false(tmp_path, hf):
+    hf.model.save_pretrained(tmp_path)
+    loaded = HFBackbone(str(tmp_path)).eval()
+    x = ids(2, 6)
+    torch.testing.assert_close(loaded(x), hf(x))
+    fresh = HFBackbone(str(tmp_path), pretrained=False, vocab_size=VOCAB + 14)  # same architecture, new weights
+    assert fresh.vocab_size == VOCAB + 14
+    assert not torch.allclose(fresh.model.get_input_embeddings().weight[:VOCAB], hf.output_weight)
+
+
+def test_vocab_size_resizes_to_the_tokenizer(tmp_path, hf):
+    assert HFBackbone(tiny_llama_config(), vocab_size=70).vocab_size == 70
+    hf.model.save_pretrained(tmp_path)
+    resized = HFBackbone(str(tmp_path), vocab_size=64)
+    assert resized.vocab_size == 64 and resized.model.get_input_embeddings().weight.shape[0] == 64
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_segment_ids_equal_running_each_document_alone(attn):
+    torch.manual_seed(0)
+    m = HFBackbone(tiny_llama_config(), attn_implementation=attn).eval()
+    a, b = ids(1, 5, seed=2), ids(1, 3, seed=3)
+    packed = torch.cat([a, b, torch.zeros(1, 2, dtype=torch.long)], dim=1)
+    seg = torch.tensor([[1] * 5 + [2] * 3 + [0] * 2])
+    pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 0]])
+    h = m(packed, attention_mask=(seg > 0).long(), position_ids=pos, segment_ids=seg)
+    torch.testing.assert_close(h[:, :5], m(a), atol=ATOL, rtol=0)
+    torch.testing.assert_close(h[:, 5:8], m(b), atol=ATOL, rtol=0)
+    assert torch.isfinite(h).all()
+
+
+def test_segment_ids_with_unsupported_attention_raise_a_clear_error(hf):
+    hf.config._attn_implementation = "flash_attention_2"  # pretend; the check happens before any kernel runs
+    with pytest.raises(ValueError, match="segment_ids"):
+        hf(ids(1, 4), segment_ids=torch.ones(1, 4, dtype=torch.long))
+
+
+def test_lora_wraps_and_only_lora_params_train():
+    m = HFBackbone(tiny_llama_config(), lora=dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not m.output_weight.requires_grad
+    x = ids(2, 5)
+    m(x).pow(2).sum().backward()
+    assert all(p.grad is not None for n, p in m.named_parameters() if "lora_B" in n)
+    assert m.vocab_size == VOCAB  # contract still reachable through the peft wrapper
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    grads = []
+    x = ids(2, 6)
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        m = HFBackbone(tiny_llama_config(), gradient_checkpointing=ckpt).train()
+        m(x).pow(2).sum().backward()
+        grads.append(m.model.model.layers[0].self_attn.q_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_config_dict_needs_model_type():
+    with pytest.raises(ValueError, match="model_type"):
+        HFBackbone({"hidden_size": 32})
+
+
+def test_fully_padded_rows_are_finite(hf):
+    x = ids(2, 5)
+    seg = torch.tensor([[0, 0, 0, 0, 0], [1, 1, 2, 0, 0]])
+    assert torch.isfinite(hf(x, (seg > 0).long())).all()
+    assert torch.isfinite(hf(x, (seg > 0).long(), segment_ids=seg)).all()

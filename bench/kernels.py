@@ -6,7 +6,8 @@ Each (config, impl) runs in its own subprocess so peak memory is that run's alon
 Loss for every impl: mean over tokens of −logp (what Liger / CCE compute), so the comparison is like for like;
 pass --entropy to also request the entropy from our paths.
 
-    python bench/kernels.py                       # CPU default: goal config N=8k V=128k d=1024 fp32 + a small one
+    python bench/kernels.py     # CPU default: N=1k and the goal N=8k, V=128k, d=1024, fp32; 2 reps (~9 min on 2 cores,
+                                # the reference child peaks at ~19 GiB RSS)
     python bench/kernels.py --device cuda --dtype bf16 --n 1024,8192,32768 --v 32768,131072 --d 512,2048
 
 Prints a markdown table; appends JSON rows to bench/results/kernels-<device>-<time>.json.
@@ -218,7 +219,7 @@ def main() -> None:
                    help="reference (our naive path), torch_ce (F.cross_entropy on logits), chunked, triton, "
                         "liger, cce; unavailable ones are skipped")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 0 on cpu, 2 on cuda)")
     p.add_argument("--entropy", action="store_true", help="also compute the entropy in our paths")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -233,7 +234,8 @@ def main() -> None:
     args.v = args.v or ("128000" if cpu else "32768,131072")
     args.d = args.d or ("1024" if cpu else "512,2048")
     args.dtype = args.dtype or ("fp32" if cpu else "bf16")
-    args.reps = args.reps or (3 if cpu else 10)
+    args.warmup = (0 if cpu else 2) if args.warmup is None else args.warmup
+    args.reps = args.reps or (2 if cpu else 10)
     parent(args)
 
 

@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=12, help="measured steps per mode per round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (nn.Module.compile) in every mode")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="for MFU on CUDA (H100 SXM bf16 dense)")
     ap.add_argument("--modes", default="tokensmith,bare_fused,bare_naive,hf_llama")
     ap.add_argument("--out", default="bench/results/train_throughput.json")
@@ -171,6 +172,8 @@ def main() -> None:
         for m in (modes if r % 2 == 0 else modes[::-1]):  # alternate order against drift
             model = copy.deepcopy(base) if m != "hf_llama" else hf_llama_like(base)
             model.to(device)
+            if args.compile:
+                model.compile()
             n = args.steps + warm
             if m == "tokensmith":
                 t = lightning_loop(model, batches, device, args.dtype, n, workdir)
@@ -190,7 +193,8 @@ def main() -> None:
         rows.append(row)
     ref = {"tokensmith": "bare_fused", "bare_naive": "bare_fused", "hf_llama": "bare_naive"}
     print(f"\n{device} {args.dtype} d={args.d} L={args.layers} H={args.heads} T={args.seq} B={args.batch} "
-          f"V={args.vocab} params={base.num_params() / 1e6:.1f}M torch={torch.__version__} {date.today()}")
+          f"V={args.vocab} compile={args.compile} params={base.num_params() / 1e6:.1f}M torch={torch.__version__} "
+          f"{date.today()}")
     print("| mode | median step (ms) | tokens/s | vs | ratio |" + (" MFU |" if device.type == "cuda" else ""))
     print("|---|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
     for row in rows:

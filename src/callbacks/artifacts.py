@@ -30,6 +30,8 @@ class RunArtifacts(Callback):
         self.throughput: list[float] = []
         self._start = 0.0
         self._elapsed_before = 0.0
+        self._seen_step = 0
+        self._micro: list[float] = []  # this optimizer step's micro-batch losses
 
     # ---- state travels with checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -50,14 +52,25 @@ class RunArtifacts(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seen_step = trainer.global_step  # a resumed run continues after its restored history
+        self._micro = []
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        # One point per optimizer step (the last micro-batch of an accumulation window).
-        if not self.train_history or self.train_history[-1][0] != trainer.global_step:
-            self.train_history.append((trainer.global_step, float(loss.detach())))
+        # Lightning hands back the loss divided by the accumulation count; undo it, then average the micro-batches
+        # of one optimizer step, and over ranks, so the history is the step loss whatever the batch split.
+        self._micro.append(float(loss.detach()) * trainer.accumulate_grad_batches)
+        if trainer.global_step == self._seen_step:
+            return  # still inside an accumulation window
+        step_loss = torch.tensor(sum(self._micro) / len(self._micro), device=pl_module.device)
+        if trainer.world_size > 1:
+            step_loss = trainer.strategy.reduce(step_loss, reduce_op="mean")
+        self.train_history.append((trainer.global_step, float(step_loss)))
+        self._seen_step, self._micro = trainer.global_step, []
         rate = trainer.callback_metrics.get("train/tokens_per_s")
         if rate is not None:
             self.throughput.append(float(rate))
@@ -74,6 +87,9 @@ class RunArtifacts(Callback):
             return
         out = Path(trainer.default_root_dir)
         metrics = self.summary(trainer)
+        for cb in trainer.callbacks:  # e.g. per-skill accuracy from src/callbacks/skillit.py
+            if cb is not self and callable(getattr(cb, "summary_metrics", None)):
+                metrics.update(cb.summary_metrics())
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         if samples:
             atomic_write_text(out / "samples.txt", "".join(f"### {p!r}\n{c}\n\n" for p, c in samples))

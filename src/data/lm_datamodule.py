@@ -28,6 +28,13 @@ from src.data.packing import PackedDataset, pack_flat, token_column_arrays
 from src.data.sampler import InfiniteSampler
 from src.data.sft import SFTCollator, SFTDataset, SFTTokenize
 from src.data.sources import Fields, LoadedSource, load_source, normalize_spec, to_plain
+from src.data.stochastok import (
+    EpochTaggedSampler,
+    SplitTable,
+    StochasTokConfig,
+    StochasTokPackedDataset,
+    rows_with_headroom,
+)
 from src.data.tokenized import TextTokenize, cached_map, tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer, build_tokenizer
 
@@ -77,6 +84,7 @@ class LMDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         shuffle: bool = True,
         pin_memory: bool = False,
+        stochastok: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.source = normalize_spec(source)
@@ -99,6 +107,13 @@ class LMDataModule(L.LightningDataModule):
         self.drop_long_prompts = bool(drop_long_prompts)
         self.shuffle, self.pin_memory = bool(shuffle), bool(pin_memory)
         self._samples_consumed = 0
+        # StochasTok (src/data/stochastok.py): train rows are re-segmented on the fly; p = 0 is off
+        self.stochastok = StochasTokConfig.from_cfg(stochastok)
+        if self.stochastok.enabled and format != "pretrain":
+            raise DataError(
+                f"data.stochastok.p={self.stochastok.p} applies to pretraining text (data.format=pretrain), not "
+                f"{format!r}; set data.stochastok.p=0 (fine-tuning uses deterministic tokens, docs/stochastok.md)"
+            )
         self._tokenizer: Tokenizer | None = None
         self._splits: tuple[LoadedSource, LoadedSource | None] | None = None
         self.train_dataset: Dataset | None = None
@@ -173,13 +188,18 @@ class LMDataModule(L.LightningDataModule):
         except DataError as e:
             raise DataError(f"{split.origin}: {e}") from None
 
-    def _build(self, split: LoadedSource) -> Dataset:
+    def _build(self, split: LoadedSource, expand: bool = False) -> Dataset:
         tok_ds = self._tokenize(split)
         if len(tok_ds) == 0:
             raise DataError(f"{split.origin}: no usable records left after tokenization (all dropped?)")
         if self.format == "sft":
             return SFTDataset(tok_ds)
         flat, lengths = token_column_arrays(tok_ds.data.column("input_ids"))
+        if expand and self.stochastok.enabled:  # expansion first, then the row must fit: rows get headroom
+            tok, p = self.tokenizer, self.stochastok.p
+            rows = rows_with_headroom(flat, lengths, self.seq_len, p, tok.eos_id, tok.pad_id)
+            table = SplitTable.load_or_build(tok, self.cache_dir)
+            return StochasTokPackedDataset(rows, table, p, self.seed, self.seq_len, tok.pad_id)
         rows = pack_flat(flat, lengths, self.seq_len, self.tokenizer.eos_id, self.tokenizer.pad_id)
         return PackedDataset(rows)
 
@@ -195,7 +215,7 @@ class LMDataModule(L.LightningDataModule):
         if self.train_dataset is not None:
             return
         train, val = self._raw_splits()
-        self.train_dataset = self._build(train)
+        self.train_dataset = self._build(train, expand=True)
         self.val_dataset = self._build(val) if val is not None else None
         log.info(
             "data: %d train / %s val items (%s)",
@@ -220,7 +240,9 @@ class LMDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         if self._samples_consumed % world:
             raise DataError(f"samples_consumed={self._samples_consumed} is not a multiple of world_size={world}")
-        sampler = InfiniteSampler(
+        tagged = isinstance(self.train_dataset, StochasTokPackedDataset)  # keys (index, epoch): fresh splits per epoch
+        sampler_cls = EpochTaggedSampler if tagged else InfiniteSampler
+        sampler = sampler_cls(
             len(self.train_dataset), self.seed, rank, world, self._samples_consumed, shuffle=self.shuffle
         )
         return DataLoader(

@@ -219,9 +219,12 @@ class TritonTokenLogprobs(torch.autograd.Function):
         g = ((g_logp.float() if g_logp is not None else torch.zeros(n, **f32)) * vmask * ctx.inv_t).contiguous()
         use_gh = ctx.entropy_grad and g_entropy is not None
         gh = (g_entropy.float() * vmask * ctx.inv_t).contiguous() if use_gh else g
-        dh = torch.zeros(n, d, **f32) if need_h else g  # fp32 atomics targets
-        dw = torch.zeros(vocab, d, **f32) if need_w else g
-        db = torch.zeros(vocab, **f32) if need_b else g
+        # fp32 atomic-add targets. Unused ones get their own dummy: autotune's reset_to_zero zeroes these
+        # arguments, so aliasing them to a live input (g) would silently zero the gradient.
+        dummy = lambda: torch.zeros(1, **f32)
+        dh = torch.zeros(n, d, **f32) if need_h else dummy()
+        dw = torch.zeros(vocab, d, **f32) if need_w else dummy()
+        db = torch.zeros(vocab, **f32) if need_b else dummy()
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(vocab, meta["BLOCK_V"]))
         _bwd_kernel[grid](hidden, weight, bias if bias is not None else hidden, y, lse,
                           pz if use_gh else lse, g, gh, dh, dw, db, n, vocab, d, ctx.inv_t,

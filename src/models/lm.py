@@ -35,12 +35,16 @@ class CausalLMModule(pl.LightningModule):
         loss_impl: str = "fused",
         kernel_impl: str = "auto",
         tokenizer: Any = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"method.loss_impl={loss_impl!r} is not one of {LOSS_IMPLS}")
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "tokenizer"])
         self.backbone = backbone
+        if compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay those of the eager model.
+            self.backbone.compile()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tokenizer = tokenizer
@@ -59,6 +63,11 @@ class CausalLMModule(pl.LightningModule):
             segment_ids=batch.get("segment_ids"),
         )  # [B, T, d]
         labels = batch["labels"]  # [B, T]
+        # Under DeepSpeed ZeRO-3 the output weight is partitioned again once backbone.forward returns. Reading it
+        # here, inside the engine's forward (Lightning runs training/validation_step there), makes DeepSpeed gather
+        # it and register it as an external parameter of the running module, which re-gathers it for the backward:
+        # gradients are exact (tests/test_invariants.py: ZeRO-3, every weight partitioned, == DDP). Outside a step
+        # (e.g. generation after fit) wrap calls in deepspeed.zero.GatheredParameters.
         logp = token_logprobs(
             hidden.flatten(0, 1),
             self.backbone.output_weight,
@@ -77,7 +86,8 @@ class CausalLMModule(pl.LightningModule):
         loss, _ = self._loss(batch)
         n_in = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
         bsz = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        # sync_dist: under DDP the logged value is the mean over ranks, not rank 0's share of the batch.
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=30)), batch_size=bsz)
         self._log_throughput(int(n_in) * self.trainer.world_size, bsz)
         return loss
@@ -93,8 +103,10 @@ class CausalLMModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_tick = None
 
-    def on_validation_start(self) -> None:
-        self._last_tick = None  # validation time is not training throughput
+    def on_validation_end(self) -> None:
+        # Runs after every callback's on_validation_end (task evaluations included): the next interval would
+        # count evaluation time as training time, so it is not measured.
+        self._last_tick = None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, stats = self._loss(batch)

@@ -9,6 +9,11 @@ class CheckpointNotFoundError(FileNotFoundError):
     pass
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or the directory of shards DeepSpeed writes in place of one (it holds a `latest` file)."""
+    return path.is_file() or (path.is_dir() and (path / "latest").is_file())
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_dir: str | Path) -> str | None:
     """Turn the user's `ckpt_path` into a file.
 
@@ -22,7 +27,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_d
         return None
     if ckpt_path == "last":
         own = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if own.is_file():
+        if is_checkpoint(own):
             return str(own)
         candidates = sorted(Path(task_runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
@@ -32,9 +37,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_d
             )
         return str(candidates[-1])
     path = Path(ckpt_path)
-    if path.is_dir():
+    if path.is_dir() and not is_checkpoint(path):
         path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
-    if not path.is_file():
+    if not is_checkpoint(path):
         raise CheckpointNotFoundError(
             f"ckpt_path={ckpt_path}: {path} does not exist. Pass a .ckpt file, a run directory "
             "(containing checkpoints/last.ckpt) or ckpt_path=last."

@@ -31,3 +31,13 @@ def configure_environment(cache_dir: str | Path, output_dir: str | Path) -> None
             os.environ[key] = str(path)
     # Tokenizers' Rust thread pool and forked DataLoader workers deadlock; workers tokenize nothing anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # DeepSpeed picks its accelerator once, at import; without CUDA it must be told "cpu" (strategy=deepspeed_*
+    # on CPU processes) instead of probing for devices. Set before anything imports deepspeed.
+    if "DS_ACCELERATOR" not in os.environ and not _cuda_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

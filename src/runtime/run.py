@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.environment import configure_environment
+from src.runtime.preemption import auto_resume_ckpt, cluster_plugins, find_preemption_callback
+from src.runtime.wandb_resume import pin_wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,14 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     tokenizer.check_vocab(backbone.vocab_size)
     module = instantiate(cfg.method, backbone=backbone, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    # curriculum=<name> may bring the callback that drives its data mixture (conf/curriculum/, docs/skillit.md)
+    if (cfg.get("curriculum") or {}).get("callback"):
+        callbacks.append(instantiate(cfg.curriculum.callback))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    plugins = cluster_plugins(callbacks)  # under SLURM: our preemption callback alone owns requeue
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg.strategy)
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg.strategy),
+        **({"plugins": plugins} if plugins else {}),
     )
     return datamodule, module, trainer
 
@@ -55,14 +62,26 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     configure_environment(cfg.paths.cache_dir, output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule, module, trainer = build_components(cfg)
-    if trainer.global_rank == 0:
-        write_run_metadata(cfg, output_dir)
     ckpt = resolve_ckpt_path(
         cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-    )
+    ) or auto_resume_ckpt(output_dir)  # a preempted / requeued run continues from its own run dir
+    pin_wandb_run_id(cfg, output_dir, ckpt)  # the same W&B run across requeues (src/runtime/wandb_resume.py)
+    datamodule, module, trainer = build_components(cfg)
+    preemption = find_preemption_callback(trainer.callbacks)
+    if preemption is not None:
+        preemption.arm()  # replaces submitit's handlers now, before data set-up (src/runtime/preemption.py)
+    if trainer.global_rank == 0:
+        write_run_metadata(cfg, output_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    finally:
+        if preemption is not None:
+            preemption.disarm()  # Lightning's teardown re-installs whatever it found, i.e. our handler
+    if cfg.get("finetune"):  # two-stage recipe (src/runtime/finetune.py), e.g. conf/experiment/stochastok/
+        from src.runtime.finetune import run_finetune
+
+        return run_finetune(cfg, module, output_dir)
     metrics_file = output_dir / "metrics.json"
     return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}

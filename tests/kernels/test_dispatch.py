@@ -71,3 +71,25 @@ def test_leading_dims_are_flattened_and_restored(impl: str) -> None:
     assert logp[1, 4] == 0
     expected = torch.log_softmax(h @ w.t(), -1).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
     torch.testing.assert_close(logp[y != -100], expected[y != -100], rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_runs_the_fused_matmul_in_the_autocast_dtype() -> None:
+    """Under bf16 autocast (Lightning's bf16-mixed) the fused paths see bf16 operands like F.linear would,
+    and the gradient still reaches the fp32 master weight in fp32."""
+    from src.kernels import token_logprobs
+    from src.kernels.dispatch import cast_like_autocast
+
+    torch.manual_seed(0)
+    h = torch.randn(6, 8)
+    w = torch.randn(11, 8, requires_grad=True)
+    y = torch.randint(0, 11, (6,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hc, wc, bc = cast_like_autocast(h, w, None)
+        assert hc.dtype == wc.dtype == torch.bfloat16 and bc is None
+        fused = token_logprobs(h, w, y, impl="chunked")
+        ref = token_logprobs(h, w, y, impl="reference")
+    fused.sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32
+    torch.testing.assert_close(fused.float(), ref.float(), rtol=0, atol=0.1)
+    hc, wc, _ = cast_like_autocast(h, w, None)  # outside autocast: untouched
+    assert hc is h and wc is w

@@ -1,0 +1,134 @@
+"""StochasTok expansion throughput vs the reference algorithm, and data wait vs step time in the addition setup.
+
+    python bench/stochastok.py [--lengths 512 1024 2048 4096 8192] [--p 0.1] [--repeats 5]
+
+1. Tokens/s of `src.data.stochastok.expand` and of a faithful re-implementation of the reference algorithm
+   (anyasims/stochastok: a Python list rebuilt by slicing on every successful attempt, O(p*n^2)) on the same
+   SmolLM2-tokenized text, same p, same split table. Median of `--repeats` runs each.
+2. The addition experiment (conf/experiment/stochastok/addition.yaml, p=1.0): time to build one training batch
+   (expansion + collate, as a DataLoader worker does) vs one optimizer step of its model (forward + backward +
+   AdamW) on that batch, both measured here; the ratio is the data wait of a synchronous (num_workers=0) loader.
+
+Prints a markdown table and writes bench/results/stochastok-<time>.json. Shared CPUs: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.data.stochastok import SplitTable, expand
+from src.data.tasks.stories import generate_stories
+from src.data.tokenizer import load_pretrained
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.helpers` composes the real config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_expand(token_ids: list[int], p: float, splits: dict[int, list[tuple[int, int]]]) -> list[int]:
+    """The reference algorithm: draw from the current list, rebuild the list around each split."""
+    for _ in range(int(len(token_ids) * p)):
+        idx = np.random.randint(len(token_ids))
+        tid = token_ids[idx]
+        if tid in splits:
+            a, b = random.choice(splits[tid])
+            token_ids = token_ids[:idx] + [a, b] + token_ids[idx + 1 :]
+    return token_ids
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_expand(lengths: list[int], p: float, repeats: int) -> list[dict]:
+    tok = load_pretrained("smollm2-135m")
+    table = SplitTable.build(tok)
+    splits = {v: table.splits(v) for v in range(table.vocab_size) if table.offsets[v + 1] > table.offsets[v]}
+    stream = tok.encode(" ".join(generate_stories(3000, seed=0)))
+    rows = []
+    for n in lengths:
+        ids = stream[:n]
+        rng = np.random.default_rng(0)
+        ours = timed(lambda ids=ids, rng=rng: expand(ids, table, p, rng), repeats)
+        ref = timed(lambda ids=ids: reference_expand(list(ids), p, splits), repeats)
+        rows.append({"length": n, "p": p, "ours_tok_per_s": n / ours, "reference_tok_per_s": n / ref,
+                     "speedup": ref / ours})
+    return rows
+
+
+def bench_addition_wait(repeats: int) -> dict:
+    from hydra.utils import instantiate
+
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["experiment=stochastok/addition"], Path("/tmp/stochastok-bench-run"))
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    ds, collate = dm.train_dataset, dm._collate()
+    model = instantiate(cfg.model, vocab_size=dm.tokenizer.vocab_size)
+    module = instantiate(cfg.method, backbone=model, tokenizer=dm.tokenizer)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    b = int(cfg.data.batch_size)
+    keys = iter([(i % len(ds), i // len(ds)) for i in range(10_000_000)])
+
+    def make_batch() -> dict:
+        return collate([ds[next(keys)] for _ in range(b)])
+
+    batch = make_batch()
+
+    def step() -> None:
+        loss, _ = module._loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    data_s = timed(make_batch, repeats * 10)
+    step_s = timed(step, repeats * 4)
+    return {"batch_size": b, "seq_len": int(cfg.data.seq_len), "p": float(cfg.data.stochastok.p),
+            "data_ms_per_batch": 1e3 * data_s, "step_ms": 1e3 * step_s, "data_over_step": data_s / step_s,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    ap.add_argument("--p", type=float, nargs="+", default=[0.1, 1.0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-wait", action="store_true")
+    args = ap.parse_args()
+    rows = [r for p in args.p for r in bench_expand(args.lengths, p, args.repeats)]
+    print("| length | p | ours (tok/s) | reference (tok/s) | speedup |\n|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['length']} | {r['p']} | {r['ours_tok_per_s']:,.0f} | {r['reference_tok_per_s']:,.0f} | "
+              f"{r['speedup']:.1f}x |")
+    wait = None if args.skip_wait else bench_addition_wait(args.repeats)
+    if wait:
+        print(f"\naddition (p={wait['p']}, batch {wait['batch_size']}x{wait['seq_len']}): data "
+              f"{wait['data_ms_per_batch']:.2f} ms/batch, step {wait['step_ms']:.1f} ms -> data/step = "
+              f"{100 * wait['data_over_step']:.1f}%")
+    out = ROOT / "bench" / "results" / f"stochastok-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.processor() or platform.machine(), "date": datetime.now().isoformat()}
+    out.write_text(json.dumps({**meta, "torch": torch.__version__, "expand": rows, "addition_wait": wait}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Per-skill evaluation and the curricula that act on it: Skill-It, skill (anti-)curriculum, difficulty curricula.
+
+`SkillEvalCallback` measures every skill's answer-token loss and greedy accuracy on its validation questions every
+`eval_every` optimizer steps (each rank a shard, sums all-reduced, so every rank sees the same numbers), logs them
+with the current mixture, keeps the history in its checkpoint state and writes `skills.json`,
+`skill_accuracy.png` and `skill_mixture.png` into the run dir. Used alone it is the "random"/"stratified"
+baseline's instrumentation (their mixture never changes).
+
+Why evaluation happens in `on_train_batch_start` and not in Lightning's validation loop: checkpoints are saved at
+the end of a step, *before* that step's validation; a run resumed from it would skip the evaluation and the
+mixture update due at that step. Evaluating at the start of the next step, with state saying which step was last
+evaluated, makes the resumed run redo exactly what the uninterrupted one did.
+
+The mixture change reaches the data through `SkillDataModule.set_mixture(weights, from_position)`, with the
+position = the max over ranks of the next sample not yet drawn (prefetch, workers), so all ranks switch at the
+same global sample and a resumed run replays the same schedule (src/data/skill_sampler.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from src.data.cache import atomic_write_text
+from src.data.errors import DataError
+from src.data.skills_graph import skillit_mixture, target_mask, validate_graph
+from src.kernels import token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def answer_stats(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      torch.Tensor]:
+    """(nll sum, #answers, #greedy-correct) over the answer tokens (labels != -100) of one batch."""
+    hidden = backbone(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                      position_ids=batch.get("position_ids"))  # [B, T, d]
+    labels = batch["labels"]  # [B, T]
+    sel = labels != -100  # [B, T]
+    h, tgt = hidden[sel].float(), labels[sel]  # [n, d], [n]
+    weight = backbone.output_weight.float()  # [V, d]
+    bias = backbone.output_bias
+    logp = token_logprobs(h, weight, tgt, bias=None if bias is None else bias.float())  # [n]
+    logits = h @ weight.T + (0 if bias is None else bias.float())  # [n, V]: only answer positions, never [B*T, V]
+    correct = (logits.argmax(-1) == tgt).sum()
+    return -logp.sum(), torch.tensor(float(tgt.numel()), device=h.device), correct.float()
+
+
+def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-skill (answer-token loss [k], greedy accuracy [k]) over the whole validation set, all ranks together."""
+    rank, world = int(trainer.global_rank), int(trainer.world_size)
+    sums = torch.zeros(dm.k, 3, device=pl_module.device)  # [k, (nll, n, correct)]
+    was_training = pl_module.training
+    pl_module.eval()
+    for j in range(dm.k):
+        for batch in dm.skill_val_batches(j, rank, world):
+            batch = {key: v.to(pl_module.device) for key, v in batch.items()}
+            sums[j] += torch.stack(answer_stats(pl_module.backbone, batch))
+    pl_module.train(was_training)
+    sums = trainer.strategy.reduce(sums, reduce_op="sum")  # identical on every rank
+    n = sums[:, 1].clamp(min=1)
+    return (sums[:, 0] / n).cpu().double().numpy(), (sums[:, 2] / n).cpu().double().numpy()
+
+
+class SkillEvalCallback(Callback):
+    """Per-skill loss/accuracy every `eval_every` steps (and at the end), the mixture history, plots and summary."""
+
+    def __init__(self, eval_every: int = 100) -> None:
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        self.eval_every = int(eval_every)
+        self.evals: list[dict[str, Any]] = []  # {"step", "loss": [k], "acc": [k]}
+        self.mixtures: list[dict[str, Any]] = []  # {"step", "position", "weights": [k]}
+        self.last_eval_step = -1
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"evals": self.evals, "mixtures": self.mixtures, "last_eval_step": self.last_eval_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.evals = list(state_dict["evals"])
+        self.mixtures = list(state_dict["mixtures"])
+        self.last_eval_step = int(state_dict["last_eval_step"])
+
+    # ---- hooks -----------------------------------------------------------------------------------------
+    def _datamodule(self, trainer: pl.Trainer) -> Any:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "skill_val_batches"):
+            raise DataError(
+                f"{type(self).__name__} needs a skill-aware data module (data=lego or data=addition), got "
+                f"{type(dm).__name__}; pick a skills data config or curriculum=none"
+            )
+        return dm
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = self._datamodule(trainer)
+        if not dm.restored and not self.mixtures:
+            self.start(trainer, pl_module, dm)
+            self._record_mixture(trainer, dm, 0, 0)
+
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> None:
+        """Fresh run: set the initial mixture (the base class keeps the data module's own)."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        if step % self.eval_every == 0 and step != self.last_eval_step:
+            self._evaluate(trainer, pl_module, step)
+        self.update(trainer, pl_module, self._datamodule(trainer), step)
+
+    def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
+        """Change the mixture if due at this step (the base class never does)."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if int(trainer.global_step) != self.last_eval_step:
+            self._evaluate(trainer, pl_module, int(trainer.global_step))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or not self.evals:
+            return
+        out = Path(trainer.default_root_dir)
+        names = self._datamodule(trainer).skill_names
+        atomic_write_text(out / "skills.json", json.dumps(
+            {"skills": names, "evals": self.evals, "mixtures": self.mixtures}, indent=1) + "\n")
+        plot_skill_history(self.evals, self.mixtures, names, out, title=out.name)
+
+    # ---- internals ---------------------------------------------------------------------------------------
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        dm = self._datamodule(trainer)
+        loss, acc = evaluate_skills(trainer, pl_module, dm)
+        self.evals.append({"step": step, "loss": loss.tolist(), "acc": acc.tolist()})
+        self.last_eval_step = step
+        metrics = {f"skill/loss_{n}": float(x) for n, x in zip(dm.skill_names, loss)}
+        metrics.update({f"skill/acc_{n}": float(x) for n, x in zip(dm.skill_names, acc)})
+        metrics["skill/acc_mean"] = float(acc.mean())
+        metrics.update({f"skill/weight_{n}": float(x) for n, x in zip(dm.skill_names, dm.current_weights())})
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+
+    def _record_mixture(self, trainer: pl.Trainer, dm: Any, step: int, position: int) -> None:
+        w = [float(x) for x in dm.current_weights()]
+        self.mixtures.append({"step": step, "position": int(position), "weights": w})
+        for lg in trainer.loggers:
+            lg.log_metrics({f"skill/weight_{n}": x for n, x in zip(dm.skill_names, w)}, step=step)
+
+    def _set_mixture_everywhere(self, trainer: pl.Trainer, dm: Any, weights: np.ndarray, step: int) -> None:
+        """Switch every rank at the same global position: the max over ranks of the next undrawn one."""
+        if dm.sampler is None:
+            pos = dm.set_mixture(weights)
+        else:
+            mine = torch.tensor(float(dm.sampler.next_undrawn_position()))
+            pos = dm.set_mixture(weights, int(trainer.strategy.reduce(mine, reduce_op="max").item()))
+        self._record_mixture(trainer, dm, step, pos)
+
+    def summary_metrics(self) -> dict[str, Any]:
+        """Final per-skill numbers (and the mean accuracy at half the steps) for metrics.json."""
+        if not self.evals:
+            return {}
+        last = self.evals[-1]
+        out: dict[str, Any] = {f"skill/acc_skill{i + 1}": a for i, a in enumerate(last["acc"])}
+        out.update({f"skill/loss_skill{i + 1}": x for i, x in enumerate(last["loss"])})
+        out["skill/acc_mean"] = float(np.mean(last["acc"]))
+        half = min(self.evals, key=lambda e: abs(e["step"] - last["step"] / 2))
+        out["skill/acc_mean_half"] = float(np.mean(half["acc"]))
+        out["skill/half_step"] = half["step"]
+        return out
+
+
+class SkillItCallback(SkillEvalCallback):
+    """Skill-It online mixing (Algorithm 1): T rounds; each round's p from the last w evaluations and graph A.
+
+    graph: a `[k, k]` list or a path to a yaml/json file holding one (e.g. written by
+    scripts/learn_skills_graph.py); null = the data config's `skills_graph`. target_skills: indices whose
+    columns count (fine-tuning for targets); null = all.
+    """
+
+    def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
+                 graph: Any = None, target_skills: list[int] | None = None) -> None:
+        super().__init__(eval_every)
+        if rounds < 1 or window < 1 or eta < 0:
+            raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")
+        self.eta, self.rounds, self.window = float(eta), int(rounds), int(window)
+        self.graph_cfg, self.target_skills = graph, target_skills
+        self.round = 1  # rounds started so far (round 1 starts at fit start)
+        self.graph: np.ndarray | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "round": self.round}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.round = int(state_dict["round"])
+
+    def _graph(self, dm: Any) -> np.ndarray:
+        if self.graph is None:
+            g = self.graph_cfg
+            if isinstance(g, str):
+                import yaml
+
+                path = Path(g)
+                if not path.is_file():
+                    raise DataError(f"curriculum graph file {g} does not exist; run scripts/learn_skills_graph.py "
+                                    "or give the matrix inline")
+                g = yaml.safe_load(path.read_text())
+                g = g.get("graph", g) if isinstance(g, dict) else g
+            if g is None:
+                g = dm.skills_graph
+            if g is None:
+                raise DataError("Skill-It needs a skills graph: set data.skills_graph or curriculum.callback.graph")
+            self.graph = validate_graph(g, dm.k, "Skill-It graph")
+        return self.graph
+
+    def round_start(self, t: int, max_steps: int) -> int:
+        """First step of round t (1-based): rounds split max_steps evenly."""
+        return (t - 1) * max_steps // self.rounds
+
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> None:
+        mask = target_mask(dm.k, self.target_skills)
+        if self.eval_every > max(1, trainer.max_steps // self.rounds):
+            log.warning("Skill-It: eval_every=%d > round length %d: rounds reuse old losses",
+                        self.eval_every, trainer.max_steps // self.rounds)
+        dm.set_mixture(skillit_mixture(self._graph(dm), None, self.eta, mask))
+
+    def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
+        if self.round >= self.rounds or step < self.round_start(self.round + 1, trainer.max_steps):
+            return
+        window = np.asarray([e["loss"] for e in self.evals[-self.window:]])  # [w, k]
+        p = skillit_mixture(self._graph(dm), window, self.eta, target_mask(dm.k, self.target_skills))
+        p = trainer.strategy.broadcast(p, src=0)  # identical already (all-reduced losses); make it certain
+        self.round += 1
+        self._set_mixture_everywhere(trainer, dm, p, step)
+        log.info("Skill-It round %d at step %d: p = %s", self.round, step, np.round(p, 3).tolist())
+
+
+class SkillCurriculumCallback(SkillEvalCallback):
+    """Skill (anti-)curriculum: round t trains uniformly on the ceil(t·k/T) easiest (hardest) skills by current loss."""
+
+    def __init__(self, rounds: int = 5, eval_every: int = 100, reverse: bool = False) -> None:
+        super().__init__(eval_every)
+        self.rounds, self.reverse, self.round = int(rounds), bool(reverse), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "round": self.round}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.round = int(state_dict["round"])
+
+    def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
+        if self.round >= self.rounds or step < self.round * trainer.max_steps // self.rounds or not self.evals:
+            return
+        self.round += 1
+        loss = np.asarray(self.evals[-1]["loss"])
+        order = np.argsort(-loss if self.reverse else loss, kind="stable")
+        active = order[: math.ceil(self.round * dm.k / self.rounds)]
+        w = np.zeros(dm.k)
+        w[active] = 1.0
+        self._set_mixture_everywhere(trainer, dm, w, step)
+
+
+class DifficultyCurriculumCallback(SkillEvalCallback):
+    """Example-level (anti-)curriculum: pool sorted by a reference model's answer loss, paced g(i) = i·H/M.
+
+    reference_ckpt: a Lightning checkpoint of the same architecture (e.g. a stratified run's last.ckpt).
+    The order is recomputed at every fit start (deterministic), so resume needs no extra state.
+    """
+
+    def __init__(self, reference_ckpt: str | None = None, reverse: bool = False, eval_every: int = 100) -> None:
+        super().__init__(eval_every)
+        self.reference_ckpt, self.reverse = reference_ckpt, bool(reverse)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = self._datamodule(trainer)
+        if not self.reference_ckpt or not Path(self.reference_ckpt).is_file():
+            raise DataError(
+                f"curriculum by difficulty needs a reference model checkpoint, got {self.reference_ckpt!r}; train "
+                "one (e.g. curriculum=stratified) and pass "
+                "curriculum.callback.reference_ckpt=<run>/checkpoints/last.ckpt"
+            )
+        ref = copy.deepcopy(pl_module.backbone)
+        state = torch.load(self.reference_ckpt, map_location=pl_module.device, weights_only=False)["state_dict"]
+        ref.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+        ref.eval()
+        dm.setup("fit")
+        loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=256, shuffle=False,
+                                             collate_fn=dm.val_dataloader().collate_fn)
+        losses = []
+        with torch.no_grad():
+            for batch in loader:
+                batch = {k: v.to(pl_module.device) for k, v in batch.items()}
+                hidden = ref(batch["input_ids"], attention_mask=batch["attention_mask"],
+                             position_ids=batch["position_ids"])  # [B, T, d]
+                logp = token_logprobs(hidden.flatten(0, 1), ref.output_weight, batch["labels"].flatten(),
+                                      bias=ref.output_bias).view_as(batch["labels"])  # [B, T]
+                losses.append(-logp.sum(-1).cpu())  # one answer per row
+        difficulty = torch.cat(losses).numpy()  # [N]
+        order = np.argsort(-difficulty if self.reverse else difficulty, kind="stable")
+        per_step = int(trainer.accumulate_grad_batches) * dm.batch_size * trainer.world_size
+        dm.set_difficulty_order(order, per_step, int(trainer.max_steps))
+        del ref
+        super().on_fit_start(trainer, pl_module)
+
+
+def plot_skill_history(evals: list[dict], mixtures: list[dict], names: list[str], out: Path, title: str = "") -> None:
+    """skill_accuracy.png (accuracy per skill over steps) and skill_mixture.png (weights over steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in evals]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, n in enumerate(names):
+        ax.plot(steps, [e["acc"][i] for e in evals], "o-", ms=3, label=n)
+    ax.set(xlabel="optimizer step", ylabel="greedy answer accuracy", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out / "skill_accuracy.png")
+    if mixtures:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        end = max(steps[-1] if steps else 0, mixtures[-1]["step"] + 1)
+        xs = [m["step"] for m in mixtures] + [end]
+        for i, n in enumerate(names):
+            ys = [m["weights"][i] for m in mixtures]
+            ax.step(xs, ys + ys[-1:], where="post", label=n)
+        ax.set(xlabel="optimizer step", ylabel="sampling weight", ylim=(0, 1.02), title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        _save(fig, out / "skill_mixture.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

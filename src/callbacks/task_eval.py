@@ -1,0 +1,171 @@
+"""Task evaluation callbacks for the StochasTok tasks: MCQ accuracy and exact-match addition.
+
+Both run at the end of training (and, with `every_validation: true`, after each validation), log through the
+trainer's loggers and expose `summary_metrics()`, which `RunArtifacts` merges into metrics.json.
+
+- `LangGameEval`: each option is scored by its summed log-likelihood after the prompt (tokenized exactly as the
+  SFT data: prompt and option separately); the highest wins. Accuracy per game and overall; chance is 0.25.
+- `AdditionEval`: greedy decoding from `a+b=`; only the generated answer (up to `<eos>`) is compared with the
+  reversed sum, never digits of the prompt (the reference evaluator's flaw). The question is given twice:
+  tokenized as in training, and character by character (one token per character, a segmentation the
+  deterministic model never saw).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from src.kernels import token_logprobs
+from src.models.components.generation import generate
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@torch.no_grad()
+def option_logliks(backbone: torch.nn.Module, tok: Any, prompts: Sequence[str], options: Sequence[Sequence[str]],
+                   batch_size: int = 64) -> torch.Tensor:
+    """Summed log p(option | prompt) for every (question, option): `[Q, n_options]`."""
+    rows: list[tuple[list[int], int]] = []  # (ids, number of prompt tokens)
+    for p, opts in zip(prompts, options):
+        p_ids = tok.encode(p)
+        rows += [(p_ids + tok.encode(o), len(p_ids)) for o in opts]
+    device = backbone.output_weight.device
+    scores = torch.empty(len(rows))
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s : s + batch_size]
+        t = max(len(ids) for ids, _ in chunk) - 1
+        inp = torch.full((len(chunk), t), tok.pad_id, dtype=torch.long)  # [B, T]
+        lab = torch.full((len(chunk), t), IGNORE, dtype=torch.long)  # [B, T] pre-shifted
+        att = torch.zeros((len(chunk), t), dtype=torch.long)  # [B, T]
+        for i, (ids, n_prompt) in enumerate(chunk):
+            x = torch.tensor(ids)
+            inp[i, : len(ids) - 1] = x[:-1]
+            att[i, : len(ids) - 1] = 1
+            lab[i, n_prompt - 1 : len(ids) - 1] = x[n_prompt:]  # only the option's tokens are scored
+        hidden = backbone(inp.to(device), attention_mask=att.to(device))  # [B, T, d]
+        logp = token_logprobs(hidden.flatten(0, 1), backbone.output_weight, lab.to(device).flatten(),
+                              bias=backbone.output_bias)  # [B*T], 0 where IGNORE
+        scores[s : s + len(chunk)] = logp.view(len(chunk), t).sum(1).float().cpu()
+    return scores.view(len(prompts), -1)
+
+
+@torch.no_grad()
+def greedy_answers(backbone: torch.nn.Module, tok: Any, prompt_ids: Sequence[list[int]], max_new_tokens: int,
+                   batch_size: int = 128) -> list[str]:
+    """Greedy continuations (decoded, up to the first eos) of already-tokenized prompts."""
+    out: list[str] = []
+    device = backbone.output_weight.device
+    for s in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[s : s + batch_size]
+        width = max(len(e) for e in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)  # [B, T] left-padded
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(chunk):
+            ids[i, width - len(e) :] = torch.tensor(e)
+            mask[i, width - len(e) :] = 1
+        new = generate(backbone, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, temperature=0.0,
+                       stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id)  # [B, max_new_tokens]
+        for row in new.tolist():
+            cut = row.index(tok.eos_id) if tok.eos_id in row else len(row)
+            out.append(tok.decode(row[:cut]))
+    return out
+
+
+def char_tokenize(tok: Any, text: str) -> list[int]:
+    """One token per character (byte-level BPE: one per byte) — a segmentation never produced by the BPE."""
+    return [i for ch in text for i in tok.encode(ch)]
+
+
+class _TaskEval(Callback):
+    prefix = "task"
+
+    def __init__(self, every_validation: bool = False) -> None:
+        self.every_validation = every_validation
+        self.results: dict[str, float] = {}
+
+    def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tok = getattr(pl_module, "tokenizer", None)
+        if tok is None:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            res = self.evaluate(pl_module.backbone, tok)
+        finally:
+            pl_module.train(was_training)
+        self.results = {f"{self.prefix}/{k}": float(v) for k, v in res.items()}
+        for lg in trainer.loggers:
+            lg.log_metrics(self.results, step=trainer.global_step)
+        for k, v in self.results.items():
+            trainer.callback_metrics[k] = torch.tensor(v)
+        log.info("%s", " ".join(f"{k}={v:.3f}" for k, v in self.results.items()))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_validation and not trainer.sanity_checking:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    def summary_metrics(self) -> dict[str, float]:
+        """Merged into metrics.json by RunArtifacts."""
+        return dict(self.results)
+
+
+class LangGameEval(_TaskEval):
+    """MCQ accuracy on held-out language-game questions (src/data/tasks/langgame.py)."""
+
+    prefix = "langgame"
+
+    def __init__(self, n_words: int = 1000, heldout: float = 0.2, seed: int = 0, n_per_game: int = 100,
+                 every_validation: bool = False) -> None:
+        super().__init__(every_validation)
+        from src.data.tasks.langgame import eval_questions
+
+        self.questions = eval_questions(n_words, heldout, n_per_game, seed)
+
+    def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
+        qs = self.questions
+        scores = option_logliks(backbone, tok, [q["prompt"] for q in qs], [q["options"] for q in qs])
+        right = (scores.argmax(1) == torch.tensor([q["answer"] for q in qs])).tolist()
+        by_game: dict[str, list[bool]] = defaultdict(list)
+        for q, r in zip(qs, right):
+            by_game[q["game"]].append(r)
+        res = {f"acc_{g}": sum(v) / len(v) for g, v in by_game.items()}
+        res["acc"] = sum(right) / len(right)
+        return res
+
+
+class AdditionEval(_TaskEval):
+    """Exact match of the greedy answer on held-out `a+b=` problems, two tokenizations of the question."""
+
+    prefix = "addition"
+
+    def __init__(self, n_eval: int = 500, seed: int = 0, max_new_tokens: int = 6, every_validation: bool = False,
+                 limit: int | None = None) -> None:
+        super().__init__(every_validation)
+        from src.data.tasks.addition import eval_pairs, problem
+
+        self.problems = [problem(a, b) for a, b in eval_pairs(n_eval, seed)][:limit]
+        self.max_new_tokens = max_new_tokens
+
+    def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
+        qs = [q for q, _ in self.problems]
+        answers = [a for _, a in self.problems]
+        res = {}
+        for name, ids in (("acc_train_tok", [tok.encode(q) for q in qs]),
+                          ("acc_char_tok", [char_tokenize(tok, q) for q in qs])):
+            got = greedy_answers(backbone, tok, ids, self.max_new_tokens)
+            res[name] = sum(g.strip() == a for g, a in zip(got, answers)) / len(answers)
+        return res

@@ -1,0 +1,271 @@
+"""`SkillDataModule`: a pool of skill-labelled questions (LEGO, per-digit addition) behind a `SkillSampler`.
+
+Each record is a prompt and a one-token answer. Items carry the answer as their only target (labels = -100
+everywhere else, pre-shifted: the label sits on the last prompt position), so the training loss, Lightning's
+`val/loss` and the per-skill losses of the Skill-It callback are all "loss at the answer token".
+
+Mixture: the train stream samples skills by the sampler's weights: `natural` = the pool's own (possibly
+imbalanced) proportions, i.e. uniform over examples ("random" baseline), `uniform` = equal per skill
+("stratified"), or explicit weights. Curriculum callbacks change them during training through `set_mixture`.
+
+Resume: `state_dict()` holds the global samples consumed (as `LMDataModule`) and the mixture schedule, so a
+resumed run draws exactly the samples an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.errors import DataError
+from src.data.lm_datamodule import seed_worker
+from src.data.skill_sampler import SkillSampler, check_weights
+from src.data.skills_graph import validate_graph
+from src.data.sources import to_plain
+from src.data.tokenizer import Tokenizer, build_tokenizer
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+TASK_KINDS = ("lego", "addition")
+
+
+def generate_task(task: Mapping[str, Any], counts: list[int], seed: int) -> list[dict[str, Any]]:
+    """Records of the configured generator: `counts[i]` questions of skill i."""
+    kind = task.get("kind")
+    if kind == "lego":
+        from src.data.tasks.lego import generate_lego
+
+        return generate_lego(counts, seed, int(task.get("k", 5)))
+    if kind == "addition":
+        from src.data.tasks.addition_skills import generate_addition
+
+        return generate_addition(counts, seed, int(task.get("n_digits", 3)))
+    raise DataError(f"data.task.kind={kind!r} is not one of {TASK_KINDS}")
+
+
+def n_skills_of(task: Mapping[str, Any]) -> int:
+    return int(task.get("k", 5)) if task.get("kind") == "lego" else int(task.get("n_digits", 3))
+
+
+class SkillItems(Dataset):
+    """Tokenized records: item = {input_ids [L], labels [L] (only the answer), skill []}."""
+
+    def __init__(self, ids: list[list[int]], skills: np.ndarray) -> None:
+        self.ids, self.skills = ids, skills
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = self.ids[i]
+        labels = [IGNORE_INDEX] * (len(ids) - 2) + [ids[-1]]  # pre-shifted: last prompt position -> answer
+        return {
+            "input_ids": torch.tensor(ids[:-1], dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "skill": torch.tensor(int(self.skills[i]), dtype=torch.long),
+        }
+
+
+class SkillCollator:
+    """Right-pads to the longest item: input_ids/labels/attention_mask/position_ids `[B, L]`, skill `[B]`."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        t, b = max(int(it["input_ids"].shape[0]) for it in items), len(items)
+        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)  # [B, T]
+        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)  # [B, T]
+        attention_mask = torch.zeros((b, t), dtype=torch.long)  # [B, T]
+        for i, it in enumerate(items):
+            n = int(it["input_ids"].shape[0])
+            input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = it["input_ids"], it["labels"], 1
+        position_ids = torch.arange(t).expand(b, t) * attention_mask  # [B, T]
+        skill = torch.stack([it["skill"] for it in items])  # [B]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+                "position_ids": position_ids.contiguous(), "skill": skill}
+
+
+class SkillDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        task: Mapping[str, Any],
+        n_train: int = 10000,
+        pool: Sequence[float] | None = None,
+        n_val_per_skill: int = 100,
+        mixture: str | Sequence[float] = "natural",
+        skills_graph: Sequence[Sequence[float]] | None = None,
+        tokenizer: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str = ".cache",
+        sample_prompts: list[str] | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.task = to_plain(task)
+        if self.task.get("kind") not in TASK_KINDS:
+            raise DataError(f"data.task.kind={self.task.get('kind')!r} is not one of {TASK_KINDS}")
+        self.k = n_skills_of(self.task)
+        props = np.ones(self.k) if pool is None else np.asarray(to_plain(pool), dtype=np.float64)
+        if props.shape != (self.k,) or np.any(props <= 0):
+            raise DataError(f"data.pool={to_plain(pool)} must give {self.k} positive proportions (one per skill)")
+        self.pool_sizes = [max(1, int(round(n_train * p / props.sum()))) for p in props]
+        self.natural = np.asarray(self.pool_sizes, dtype=np.float64) / sum(self.pool_sizes)
+        self.initial_weights = self._resolve_mixture(to_plain(mixture))
+        self.skills_graph = None if skills_graph is None else validate_graph(
+            to_plain(skills_graph), self.k, "data.skills_graph")
+        if batch_size < 1 or n_val_per_skill < 1:
+            raise DataError("data.batch_size and data.n_val_per_skill must be >= 1")
+        self.n_val_per_skill, self.batch_size = int(n_val_per_skill), int(batch_size)
+        self.val_batch_size, self.num_workers = int(val_batch_size or batch_size), int(num_workers)
+        self.tokenizer_cfg = to_plain(tokenizer) if tokenizer else {"vocab_size": 320}
+        self.seed, self.cache_dir, self.pin_memory = int(seed), Path(cache_dir), bool(pin_memory)
+        self._sample_prompts = list(sample_prompts) if sample_prompts else None
+        self.skill_names = [f"skill{i + 1}" for i in range(self.k)]
+        self._records: tuple[list[dict], list[dict]] | None = None
+        self._tokenizer: Tokenizer | None = None
+        self.train_dataset: SkillItems | None = None
+        self.val_dataset: SkillItems | None = None
+        self.sampler: SkillSampler | None = None
+        self._samples_consumed = 0
+        self._schedule: list[tuple[int, list[float]]] | None = None  # restored from a checkpoint
+        self._order: tuple[np.ndarray, int, int] | None = None  # difficulty order, samples per step, steps
+
+    def _resolve_mixture(self, mixture: Any) -> np.ndarray:
+        if mixture == "natural":
+            return self.natural.copy()
+        if mixture == "uniform":
+            return np.full(self.k, 1.0 / self.k)
+        if isinstance(mixture, str):
+            raise DataError(f"data.mixture={mixture!r}: use natural, uniform or a list of {self.k} weights")
+        return check_weights(mixture, self.k, "data.mixture")
+
+    # ---- records and tokenizer -----------------------------------------------------------------------
+    def records(self) -> tuple[list[dict], list[dict]]:
+        """(train pool, val set): generated from (seed) and (seed, 'val'); val is balanced over skills."""
+        if self._records is None:
+            train = generate_task(self.task, self.pool_sizes, self.seed)
+            val = generate_task(self.task, [self.n_val_per_skill] * self.k, 1_000_003 + self.seed)
+            self._records = (train, val)
+        return self._records
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            train, _ = self.records()
+            texts = lambda: [r["prompt"] + " " + r["response"] for r in train[:20000]]  # noqa: E731
+            self._tokenizer = build_tokenizer(self.tokenizer_cfg, texts, self.cache_dir)
+        return self._tokenizer
+
+    def _encode(self, recs: list[dict], where: str) -> SkillItems:
+        tok = self.tokenizer
+        prompts = tok.encode_batch([r["prompt"] for r in recs])
+        answers = {a: tok.encode(a) for a in {r["response"] for r in recs}}
+        for a, ids in answers.items():
+            if len(ids) != 1:
+                raise DataError(f"{where}: the answer {a!r} encodes to {len(ids)} tokens; answers must be one token "
+                                "(use a tokenizer that keeps digits as single tokens)")
+        ids = [p + answers[r["response"]] for p, r in zip(prompts, recs)]
+        return SkillItems(ids, np.asarray([r["skill"] for r in recs], dtype=np.int64))
+
+    def prepare_data(self) -> None:
+        _ = self.tokenizer  # trains/caches the BPE once per node
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        train, val = self.records()
+        self.train_dataset = self._encode(train, "train pool")
+        self.val_dataset = self._encode(val, "validation set")
+        log.info("skills data: pool %s, %d val per skill", self.pool_sizes, self.n_val_per_skill)
+
+    # ---- mixture control (curriculum callbacks) --------------------------------------------------------
+    def set_mixture(self, weights: Sequence[float], from_position: int | None = None) -> int:
+        """New skill weights: for the next train loader if none exists yet, else from the next undrawn sample."""
+        w = check_weights(weights, self.k)
+        if self.sampler is None:
+            self.initial_weights, self._schedule = w, None
+            return 0
+        return self.sampler.set_weights(w, from_position)
+
+    def set_difficulty_order(self, order: np.ndarray, samples_per_step: int, steps: int) -> None:
+        """Example-level curriculum: pool indices easiest first; step i of `steps` sees the easiest i·H/steps."""
+        self._order = (np.asarray(order, dtype=np.int64), int(samples_per_step), int(steps))
+
+    def current_weights(self) -> np.ndarray:
+        return self.sampler.weights if self.sampler is not None else self.initial_weights
+
+    # ---- loaders -------------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        rank, world = self._rank_world()
+        order, block, steps = self._order if self._order is not None else (None, None, None)
+        self.sampler = SkillSampler(self.pool_sizes, self.initial_weights, self.seed, rank, world,
+                                    self._samples_consumed, schedule=self._schedule, order=order,
+                                    pacing_block=block, pacing_steps=steps, min_available=self.batch_size)
+        return DataLoader(
+            self.train_dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
+            collate_fn=SkillCollator(self.tokenizer.pad_id),
+            worker_init_fn=functools.partial(seed_worker, base_seed=self.seed, rank=rank),
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """All skills pooled (Lightning's val/loss = answer-token loss); per-skill numbers come from the callback."""
+        self.setup("validate")
+        return DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
+                          collate_fn=SkillCollator(self.tokenizer.pad_id))
+
+    def skill_val_batches(self, skill: int, rank: int = 0, world: int = 1) -> DataLoader:
+        """This rank's shard (items rank, rank+W, ...) of skill `skill`'s validation questions."""
+        self.setup("validate")
+        idx = np.flatnonzero(self.val_dataset.skills == skill)[rank::world]
+        subset = torch.utils.data.Subset(self.val_dataset, idx.tolist())
+        return DataLoader(subset, batch_size=self.val_batch_size, shuffle=False,
+                          collate_fn=SkillCollator(self.tokenizer.pad_id))
+
+    # ---- resume ----------------------------------------------------------------------------------------
+    def samples_consumed(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return self._samples_consumed
+        return int(trainer.global_step) * int(trainer.accumulate_grad_batches) * self.batch_size * trainer.world_size
+
+    def state_dict(self) -> dict[str, Any]:
+        schedule = self.sampler.schedule_state() if self.sampler is not None else (
+            self._schedule or [(0, [float(x) for x in self.initial_weights])])
+        return {"samples_consumed": self.samples_consumed(), "schedule": schedule}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._samples_consumed = int(state_dict.get("samples_consumed", 0))
+        sched = state_dict.get("schedule")
+        if sched:
+            self._schedule = [(int(s), list(w)) for s, w in sched]
+            self.initial_weights = check_weights(self._schedule[0][1], self.k)
+
+    @property
+    def restored(self) -> bool:
+        """True when a checkpoint gave this module its stream position and mixture (callbacks must not reset it)."""
+        return self._schedule is not None
+
+    # ---- generation --------------------------------------------------------------------------------------
+    def sample_prompts(self) -> list[str]:
+        if self._sample_prompts:
+            return list(self._sample_prompts)
+        _, val = self.records()
+        return [val[i * self.n_val_per_skill]["prompt"] for i in range(self.k)]

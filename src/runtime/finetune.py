@@ -1,0 +1,55 @@
+"""Two-stage recipes from one command: pretrain, then fine-tune the same weights (`finetune:` config node).
+
+`finetune: {data: {...}, trainer: {...}, method: {...}, callbacks: {...}}` holds overrides merged onto the run's
+own config for the second stage (e.g. `data.stage: finetune`, `data.stochastok.p: 0`, fewer steps, another lr).
+The second stage builds its components exactly like the first (`build_components`), copies the pretrained
+backbone weights in, runs in `<run dir>/finetune/`, and its metrics are merged into the run's metrics.json
+with a `finetune/` prefix, so a sweep's table reads one file per job. Resuming a two-stage run mid-way is not
+supported: re-run, or chain two runs by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.cache import atomic_write_text
+
+log = logging.getLogger(__name__)
+STAGE_KEYS = ("data", "trainer", "method", "callbacks", "model")
+
+
+def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
+    """The second stage's config: the run's config with `finetune.*` merged in and its own output dir."""
+    ft = cfg.finetune
+    unknown = set(ft) - set(STAGE_KEYS)
+    if unknown:
+        raise ValueError(f"finetune has unknown keys {sorted(unknown)}; allowed: {list(STAGE_KEYS)}")
+    base = OmegaConf.to_container(cfg, resolve=False)
+    base["finetune"] = None
+    merged = OmegaConf.merge(OmegaConf.create(base), {k: ft[k] for k in ft})
+    merged.paths.output_dir = str(output_dir / "finetune")
+    return merged
+
+
+def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Path) -> dict[str, Any]:
+    """Fine-tune `pretrained`'s backbone under `cfg.finetune`; returns the merged metrics."""
+    from src.runtime.run import build_components  # run.py calls us: import lazily
+
+    ft_cfg = finetune_config(cfg, output_dir)
+    datamodule, module, trainer = build_components(ft_cfg)
+    module.backbone.load_state_dict(pretrained.backbone.state_dict())
+    log.info("fine-tuning stage -> %s", ft_cfg.paths.output_dir)
+    trainer.fit(module, datamodule=datamodule)
+    pre_file, ft_file = output_dir / "metrics.json", Path(ft_cfg.paths.output_dir) / "metrics.json"
+    metrics = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
+    if ft_file.is_file():
+        metrics.update({f"finetune/{k}": v for k, v in json.loads(ft_file.read_text()).items()})
+    if trainer.global_rank == 0:
+        atomic_write_text(pre_file, json.dumps(metrics, indent=2) + "\n")
+    return metrics

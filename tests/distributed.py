@@ -1,0 +1,100 @@
+"""Helpers for tests that launch `python train.py` as 1-2 CPU processes (DDP, DeepSpeed) and compare the runs.
+
+Lightning's DDP on CPU starts its extra ranks by re-running the command line, so multi-process runs are driven
+through a subprocess of train.py. The callbacks below are added to such a run from the command line
+(`+callbacks.loss_probe._target_=tests.distributed.GlobalLossProbe`); the repository root is on the import path
+of train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from src.runtime.convert_checkpoint import convert
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = "+callbacks.loss_probe._target_=tests.distributed.GlobalLossProbe"
+
+
+class GlobalLossProbe(Callback):
+    """Every rank's loss and label-token count on every micro-batch, written by rank 0 to loss_probe.json.
+
+    The module logs `train/loss` of rank 0's micro-batch only, so a DDP run's CSV cannot be compared with a
+    single-process run's; averaging these records gives the loss of the optimizer step whose gradient was applied.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # Lightning hands over loss / accumulate_grad_batches when it accumulates itself (not under DeepSpeed).
+        scale = 1 if trainer.strategy.handles_gradient_accumulation else trainer.accumulate_grad_batches
+        local = torch.stack([loss.detach().float() * scale,
+                             (batch["labels"] != -100).sum().float()]).to(pl_module.device)  # [2]
+        gathered = trainer.strategy.all_gather(local).reshape(-1, 2).cpu()  # [world, 2]
+        self.records.append({
+            "step": int(trainer.global_step),  # after this micro-batch (advances on a window's last one)
+            "batch_idx": int(batch_idx),
+            "loss": gathered[:, 0].tolist(),
+            "n_tokens": [int(n) for n in gathered[:, 1].tolist()],
+        })
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank == 0:
+            Path(trainer.default_root_dir, "loss_probe.json").write_text(json.dumps(self.records))
+
+
+class StopAtStep(Callback):
+    """Simulates an interruption: training ends after optimizer step `step` although max_steps is larger."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def train_subprocess(run_dir: Path, overrides: list[str], timeout: int = 240) -> Path:
+    """`python train.py <overrides>` writing into `run_dir`; every rank of a launch re-runs the same command."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENSMITH_RUN_NAME"}
+    env["OMP_NUM_THREADS"] = "1"  # one thread per rank: no oversubscription on small CI machines
+    proc = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir
+
+
+def step_losses(run_dir: Path, accumulate: int = 1) -> dict[int, float]:
+    """{optimizer step (1-based): mean micro-batch loss over ranks and accumulated micro-batches}."""
+    records = json.loads((run_dir / "loss_probe.json").read_text())
+    steps: dict[int, list[float]] = {}
+    for r in records:
+        # the window's last micro-batch has already advanced global_step; the others have not
+        step = r["step"] if (r["batch_idx"] + 1) % accumulate == 0 else r["step"] + 1
+        steps.setdefault(step, []).extend(r["loss"])
+    return {s: sum(v) / len(v) for s, v in sorted(steps.items())}
+
+
+def token_counts(run_dir: Path) -> set[int]:
+    """The distinct label-token counts of the micro-batches the run trained on."""
+    return {n for r in json.loads((run_dir / "loss_probe.json").read_text()) for n in r["n_tokens"]}
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The state dict at the last step: a plain last.ckpt, or a DeepSpeed directory consolidated by our command."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.is_dir():
+        ckpt = convert(ckpt, run_dir / "consolidated.ckpt")
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]

@@ -1,0 +1,147 @@
+"""Layer 7: how the global batch is split must not change training.
+
+Same global batch of 8 packed rows per optimizer step, three ways: one process with batch 8; one process with
+batch 4 x 2 accumulated micro-batches; two CPU processes (DDP over gloo) with batch 4 each; and DeepSpeed ZeRO-2 /
+ZeRO-3 on two CPU processes. The sampler hands each step the same 8 rows however they are split
+(src/data/sampler.py), so each must give the same per-step loss and the same final weights.
+
+Why equality is exact in exact arithmetic here: the causal-LM loss is a per-micro-batch token mean, DDP averages
+the ranks' gradients and accumulation averages the micro-batches' — a mean of means, which equals the global token
+mean only if every micro-batch carries the same number of label tokens. The corpus below is one long document, so
+every packed row is full (no document boundary, no padding) and every micro-batch holds exactly batch x seq_len
+labels; the tests assert that precondition on the batches actually used. (With document boundaries or SFT
+masking, micro-batches differ in token count and the split does change the weighting: see docs/scaleout.md.)
+
+Resume: a run interrupted after 3 steps and resumed from its last checkpoint (DDP, ZeRO-2, ZeRO-3) ends where
+the uninterrupted 6-step DDP run ends: same losses after the resume, same final weights.
+
+Tolerances: everything runs in fp32; the splits differ only in the order of float additions (a gradient summed
+over 8 rows vs two sums of 4 added by gloo or by accumulation), ~1e-7 relative per step, which AdamW (dividing by
+sqrt(v)) amplifies most on rarely-updated weights over 6 steps at lr 3e-3. Measured differences are stated next to
+each tolerance; a real bug (a missing gradient, a wrong data split) moves weights by ~lr = 3e-3 per step.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed import PROBE, final_weights, step_losses, token_counts, train_subprocess
+
+STEPS = 6
+GLOBAL_BATCH = 8
+SEQ_LEN = 32
+# Losses 5.85 -> 4.92 nats over the 6 steps. Measured max |Δ| (tests/test_invariants.py, 2 CPU cores):
+# DDP vs single 4.8e-7, accumulation vs single 4.8e-7, ZeRO-2 vs DDP 0, ZeRO-3 vs DDP 0.
+LOSS_ATOL = 2e-5
+# Measured max |Δ| of any weight after 6 steps: DDP vs single 1.5e-5, accumulation vs single 1.6e-7,
+# ZeRO-2 vs DDP 6e-8, ZeRO-3 vs DDP 9.8e-6.
+WEIGHT_ATOL = 1e-4
+
+_WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "big", "small", "red", "blue", "and", "then",
+          "it", "was", "very", "happy", "sad", "tom", "mia", "saw", "went", "to", "park", "home", "day", "night",
+          "sun", "moon", "tree"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two long documents (train / val): every packed row of the train split is full, none spans a boundary."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "one_long_document.jsonl"
+    docs = [" ".join(rng.choice(_WORDS) for _ in range(12000)) for _ in range(2)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+def common(corpus: Path) -> list[str]:
+    """A ~150k-parameter model on 32-token rows: each run is a few seconds of compute."""
+    return [
+        "data=jsonl", f"data.source.path={corpus}", "data.val_fraction=0.5", "data.num_workers=0",
+        "data.num_proc=null", f"data.seq_len={SEQ_LEN}",
+        "model.d_model=64", "model.n_layers=2", "model.n_heads=2",
+        f"trainer.max_steps={STEPS}", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+        "trainer.accelerator=cpu", "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false",
+        "method.scheduler.warmup_steps=1", "callbacks.progress_bar=null",
+        "callbacks.run_artifacts.sample_max_new_tokens=0", PROBE,
+    ]
+
+
+def two_processes(strategy: str) -> list[str]:
+    """2 CPU ranks x batch 4. ZeRO-3 with every weight partitioned (the default keeps small tensors whole, which
+    for this model would be all of them), so the objective's use of the output weight outside the backbone's
+    forward is really exercised, gradients included."""
+    extra = ["strategy.zero_config.stage3_param_persistence_threshold=0"] if "zero3" in strategy else []
+    return [f"data.batch_size={GLOBAL_BATCH // 2}", f"strategy={strategy}", "trainer.devices=2", *extra]
+
+
+def assert_same_training(ref: Path, other: Path, ref_accumulate: int = 1, other_accumulate: int = 1) -> None:
+    a, b = step_losses(ref, ref_accumulate), step_losses(other, other_accumulate)
+    assert sorted(b) == list(range(1, STEPS + 1)) and sorted(a) == sorted(b)
+    # Not vacuous: the runs trained (the loss moved by far more than the tolerance) ...
+    assert a[1] - a[STEPS] > 1000 * LOSS_ATOL
+    # ... along the same trajectory, to the same weights.
+    torch.testing.assert_close(torch.tensor([b[s] for s in a]), torch.tensor(list(a.values())), rtol=0,
+                               atol=LOSS_ATOL)
+    wa, wb = final_weights(ref), final_weights(other)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
+@pytest.fixture(scope="module")
+def single(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Reference: one process, the whole global batch in one micro-batch."""
+    run = train_subprocess(tmp_path_factory.mktemp("single"), [*common(corpus), f"data.batch_size={GLOBAL_BATCH}"])
+    assert token_counts(run) == {GLOBAL_BATCH * SEQ_LEN}  # precondition: every row full
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = train_subprocess(tmp_path_factory.mktemp("ddp"), [*common(corpus), *two_processes("ddp")])
+    assert token_counts(run) == {GLOBAL_BATCH // 2 * SEQ_LEN}
+    return run
+
+
+def test_ddp_two_processes_match_one_process(single: Path, ddp: Path) -> None:
+    """2 CPU processes x batch 4 == 1 process x batch 8: same per-step loss, same weights after 6 steps."""
+    assert_same_training(single, ddp)
+
+
+def test_micro_batch_times_accumulation_matches_one_batch(single: Path, tmp_path: Path, corpus: Path) -> None:
+    """batch 4 x accumulate 2 == batch 8: same per-step loss, same weights after 6 steps."""
+    run = train_subprocess(tmp_path / "accum", [
+        *common(corpus), f"data.batch_size={GLOBAL_BATCH // 2}", "trainer.accumulate_grad_batches=2"])
+    assert token_counts(run) == {GLOBAL_BATCH // 2 * SEQ_LEN}
+    assert_same_training(single, run, other_accumulate=2)
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_matches_ddp(strategy: str, ddp: Path, tmp_path: Path, corpus: Path) -> None:
+    """ZeRO-2 / ZeRO-3 on 2 CPU processes train the same model as DDP; their sharded checkpoint, consolidated by
+    src.runtime.convert_checkpoint, holds DDP's weights."""
+    run = train_subprocess(tmp_path / strategy, [*common(corpus), *two_processes(strategy)])
+    assert (run / "checkpoints" / "last.ckpt").is_dir()  # really a DeepSpeed (sharded) checkpoint
+    assert_same_training(ddp, run)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_resume_matches_uninterrupted_run(strategy: str, ddp: Path, tmp_path: Path, corpus: Path) -> None:
+    """Stop after 3 of 6 steps, resume with ckpt_path=last: steps 4-6 and the final weights are the
+    uninterrupted DDP run's (for ZeRO this also restores the sharded optimizer state: Adam's moments matter)."""
+    args = [*common(corpus), *two_processes(strategy)]
+    run = tmp_path / strategy
+    train_subprocess(run, [*args, "+callbacks.stop._target_=tests.distributed.StopAtStep", "+callbacks.stop.step=3"])
+    assert set(step_losses(run)) == {1, 2, 3}
+    train_subprocess(run, [*args, "ckpt_path=last"])
+    resumed, straight = step_losses(run), step_losses(ddp)
+    assert set(resumed) == {4, 5, 6}  # continued from step 3, did not start over
+    torch.testing.assert_close(torch.tensor([resumed[s] for s in (4, 5, 6)]),
+                               torch.tensor([straight[s] for s in (4, 5, 6)]), rtol=0, atol=LOSS_ATOL)
+    wa, wb = final_weights(ddp), final_weights(run)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=WEIGHT_ATOL, msg=name)

@@ -1,0 +1,110 @@
+"""Preemption without SLURM: a real signal mid-step → checkpoint at the next optimizer-step boundary → exit →
+the next start in the same run dir resumes by itself and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from omegaconf import open_dict
+
+from src.runtime.preemption import RECORD_FILE, Preempted, PreemptionCheckpoint, auto_resume_ckpt
+from src.runtime.run import run_training
+from src.runtime.wandb_resume import ID_FILE, pin_wandb_run_id
+from tests.helpers import compose_cfg
+
+STEPS, ACCUM = 8, 2
+TINY = [
+    "trainer.accelerator=cpu", "callbacks.progress_bar=null", "callbacks.run_artifacts.sample_max_new_tokens=0",
+    "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "data.batch_size=4",
+    f"trainer.max_steps={STEPS}", "trainer.val_check_interval=4", "trainer.limit_val_batches=1",
+    f"trainer.accumulate_grad_batches={ACCUM}", "method.scheduler.warmup_steps=2", "trainer.log_every_n_steps=1",
+]
+
+
+class SignalMidWindow(pl.Callback):
+    """Sends `signum` to this process during the first micro-batch of optimizer step `step`'s window, i.e. between
+    two step boundaries, where saving would snapshot half-accumulated gradients."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+        self.sent = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                             batch_idx: int) -> None:
+        if not self.sent and trainer.global_step == self.step - 1 and batch_idx % ACCUM == 0:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def _run(run_dir: Path, signal_at_step: int | None = None, signum: int = 0) -> dict:
+    cfg = compose_cfg(TINY, run_dir)
+    if signal_at_step is not None:
+        with open_dict(cfg):
+            cfg.callbacks.signal_sender = {"_target_": f"{__name__}.SignalMidWindow", "step": signal_at_step,
+                                           "signum": int(signum)}
+    return run_training(cfg)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_signal_checkpoints_at_step_boundary_and_resume_matches(tmp_path: Path, signum: int) -> None:
+    torch.set_num_threads(1)
+    handler_before = signal.getsignal(signum)
+    straight = _run(tmp_path / "straight")
+
+    run_dir = tmp_path / "preempted"
+    with pytest.raises(Preempted) as exc:
+        _run(run_dir, signal_at_step=5, signum=signum)
+    assert exc.value.code == 128 + signum  # exit status like a process killed by the signal
+    assert signal.getsignal(signum) == handler_before  # handlers restored after the run
+    # Signalled inside step 5's accumulation window → saved once step 5's optimizer step was done, not before.
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 5
+    assert not (run_dir / "metrics.json").exists()  # the interrupted attempt reports no result
+    (record,) = json.loads((run_dir / RECORD_FILE).read_text())
+    assert record["step"] == 5 and record["signal"] == signal.Signals(signum).name
+    assert record["requeued"] is False  # not under SLURM: nothing to requeue
+
+    # Same command, same run dir, ckpt_path=null: resumes by itself and finishes the run.
+    assert auto_resume_ckpt(run_dir) == str(run_dir / "checkpoints" / "last.ckpt")
+    resumed = _run(run_dir)
+    assert resumed["steps"] == straight["steps"] == STEPS
+    for key in ("train/loss_first", "train/loss", "val/loss"):
+        assert resumed[key] == pytest.approx(straight[key], rel=0, abs=1e-5), key
+
+
+def test_fresh_run_dir_does_not_auto_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert auto_resume_ckpt(tmp_path) is None  # a checkpoint alone is not a reason to resume
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM attempt (e.g. node failure, no record)
+    assert auto_resume_ckpt(tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_unknown_signal_name_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown signal 'SIGFOO'.*SIGUSR1"):
+        PreemptionCheckpoint(signals=["SIGFOO"])
+
+
+def test_wandb_run_id_is_kept_with_the_checkpoints(tmp_path: Path) -> None:
+    """A fresh run writes its id beside its checkpoints; a requeued attempt, or a run resuming that checkpoint
+    from another run dir, reuses it; an explicit id wins."""
+    cfg = compose_cfg(["logger=wandb"], tmp_path / "a")
+    first = pin_wandb_run_id(cfg, tmp_path / "a", None)
+    assert first and cfg.logger.wandb.id == first
+    assert (tmp_path / "a" / ID_FILE).read_text().strip() == first
+    again = compose_cfg(["logger=wandb"], tmp_path / "a")  # requeue: same run dir, id null in the config
+    assert pin_wandb_run_id(again, tmp_path / "a", str(tmp_path / "a" / "checkpoints" / "last.ckpt")) == first
+    other = compose_cfg(["logger=wandb"], tmp_path / "b")  # ckpt_path=<run a>: continues run a's W&B run
+    assert pin_wandb_run_id(other, tmp_path / "b", str(tmp_path / "a" / "checkpoints" / "last.ckpt")) == first
+    fresh = compose_cfg(["logger=wandb"], tmp_path / "c")
+    assert pin_wandb_run_id(fresh, tmp_path / "c", None) not in (None, first)
+    explicit = compose_cfg(["logger=wandb", "logger.wandb.id=mine"], tmp_path / "a")
+    assert pin_wandb_run_id(explicit, tmp_path / "a", None) == "mine"
+    assert pin_wandb_run_id(compose_cfg([], tmp_path / "d"), tmp_path / "d", None) is None  # no W&B logger

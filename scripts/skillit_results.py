@@ -1,4 +1,4 @@
-"""Aggregate a Skill-It multirun into a markdown table and plots (docs/results_skillit.md, docs/img/skillit_*.png).
+"""Aggregate a Skill-It multirun into a markdown table and plots (docs/results.md, docs/img/skillit_*.png).
 
     python scripts/skillit_results.py outputs/skillit_lego/multiruns/<name> --img docs/img --prefix skillit_lego
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Triton picks interpreter or compiler when a @triton.jit function is *created*; any module imported by an
+# earlier test (DeepSpeed, our kernels) may create some. Choose once, before anything imports triton: the
+# interpreter unless a GPU run asks for compiled kernels (TOKENSMITH_TRITON_CUDA=1, see tests/kernels/).
+if os.environ.get("TOKENSMITH_TRITON_CUDA") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

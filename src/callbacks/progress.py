@@ -18,3 +18,7 @@ class StepProgressBar(RichProgressBar):
             remaining = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
             total = min(total, remaining)
         return total
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # "Epoch 0/-2" means nothing for a step-based run on an infinite stream.
+        return f"{'Training':{max(len(self.validation_description), 8)}}"

@@ -140,3 +140,26 @@ def test_simultaneous_launches_do_not_share_a_run_dir(tmp_path: Path, n_launches
     runs = list((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == n_launches
     assert all((r / "metrics.json").is_file() for r in runs)
+
+
+def test_sft_run_on_user_jsonl_with_an_hf_model_learns(tmp_path: Path, run_dir: Path) -> None:
+    """The README's SFT path: user prompt/response jsonl, an HF causal LM, loss only on responses — and it learns."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(200):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"prompt": f"What is {a} plus {b}? ", "response": f"{a} plus {b} is {a + b}."})
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_cfg([*TINY, "data=sft_jsonl", f"data.source.path={data}", "~data.tokenizer.pretrained",
+                       "+data.tokenizer.vocab_size=300", "data.num_workers=0", "data.num_proc=null",
+                       "data.seq_len=48", "model=hf_llama_tiny", "trainer.max_steps=60",
+                       "trainer.val_check_interval=30", "trainer.limit_val_batches=2",
+                       "method.scheduler.warmup_steps=5"], run_dir)
+    metrics = run_training(cfg)
+    assert metrics["steps"] == 60
+    # loss is over response tokens only (prompt masking itself is tested in tests/data/test_sft_masking.py)
+    assert metrics["train/loss"] < 0.5 * metrics["train/loss_first"]
+    assert metrics["val/loss"] < 0.5 * metrics["train/loss_first"]

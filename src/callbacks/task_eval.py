@@ -13,6 +13,7 @@ trainer's loggers and expose `summary_metrics()`, which `RunArtifacts` merges in
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -84,15 +85,16 @@ def char_tokenize(tok: Any, text: str) -> list[int]:
     return [i for ch in text for i in tok.encode(ch)]
 
 
-class _TaskEval(Callback):
+class _TaskEval(Callback, abc.ABC):
     prefix = "task"
 
     def __init__(self, every_validation: bool = False) -> None:
         self.every_validation = every_validation
         self.results: dict[str, float] = {}
 
+    @abc.abstractmethod
     def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
-        raise NotImplementedError
+        """Task metrics of the current model (no prefix)."""
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tok = getattr(pl_module, "tokenizer", None)

@@ -112,6 +112,7 @@ def test_two_stage_langgame_run_reports_game_accuracy(run_dir: Path) -> None:
     assert metrics == on_disk
     assert on_disk["steps"] == 3 and on_disk["finetune/steps"] == 2
     assert 0.0 <= on_disk["finetune/langgame/acc"] <= 1.0 and "finetune/langgame/acc_shortest" in on_disk
+    assert 0.0 <= on_disk["finetune/langgame/acc_seen"] <= 1.0
     assert (run_dir / "finetune" / "checkpoints" / "last.ckpt").is_file()
     ft = torch.load(run_dir / "finetune" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     pre = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

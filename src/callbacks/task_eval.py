@@ -126,26 +126,39 @@ class _TaskEval(Callback, abc.ABC):
 
 
 class LangGameEval(_TaskEval):
-    """MCQ accuracy on held-out language-game questions (src/data/tasks/langgame.py)."""
+    """MCQ accuracy on held-out language-game questions (src/data/tasks/langgame.py).
+
+    Logs acc and acc_<game> on questions about held-out words, and (``seen_words=True``) acc_seen on new questions
+    about the fine-tuning words: chance on both means the game itself was not learned; high acc_seen with chance
+    acc means the model learned the game but cannot see inside unseen words (what StochasTok is meant to fix).
+    """
 
     prefix = "langgame"
 
     def __init__(self, n_words: int = 1000, heldout: float = 0.2, seed: int = 0, n_per_game: int = 100,
-                 every_validation: bool = False) -> None:
+                 every_validation: bool = False, seen_words: bool = True) -> None:
         super().__init__(every_validation)
         from src.data.tasks.langgame import eval_questions
 
         self.questions = eval_questions(n_words, heldout, n_per_game, seed)
+        self.seen_questions = eval_questions(n_words, heldout, n_per_game, seed, seen=True) if seen_words else []
+
+    @staticmethod
+    def _right(backbone: torch.nn.Module, tok: Any, qs: list[dict[str, Any]]) -> list[bool]:
+        scores = option_logliks(backbone, tok, [q["prompt"] for q in qs], [q["options"] for q in qs])  # [Q, 4]
+        return (scores.argmax(1) == torch.tensor([q["answer"] for q in qs])).tolist()
 
     def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
         qs = self.questions
-        scores = option_logliks(backbone, tok, [q["prompt"] for q in qs], [q["options"] for q in qs])
-        right = (scores.argmax(1) == torch.tensor([q["answer"] for q in qs])).tolist()
+        right = self._right(backbone, tok, qs)
         by_game: dict[str, list[bool]] = defaultdict(list)
         for q, r in zip(qs, right):
             by_game[q["game"]].append(r)
         res = {f"acc_{g}": sum(v) / len(v) for g, v in by_game.items()}
         res["acc"] = sum(right) / len(right)
+        if self.seen_questions:
+            seen = self._right(backbone, tok, self.seen_questions)
+            res["acc_seen"] = sum(seen) / len(seen)
         return res
 
 

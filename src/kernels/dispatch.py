@@ -89,6 +89,7 @@ def token_logprobs(
     entropy_grad: bool = False,
     chunk_size: int | None = None,
     impl: str | None = None,
+    grad_hint: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log π(y) (and entropy) of softmax((h·Wᵀ + b) / temperature), without needing [N, V] logits.
 
@@ -97,6 +98,10 @@ def token_logprobs(
     ``ignore_index`` give 0 and get no gradient. Differentiable w.r.t. hidden, weight and bias for ANY upstream
     gradient (DPO, GRPO, weighted CE); entropy is differentiable only with ``entropy_grad=True``.
     ``chunk_size`` (rows per chunk) overrides the chunked path's memory-budget choice; other paths ignore it.
+    ``grad_hint`` [...]: per-token weights w when the caller's loss is c·Σ w·logp for a scalar c (cross-entropy:
+    the label mask). The chunked path then builds the gradients during the forward (3 matmuls, not 4) and the
+    backward only rescales them; a loss of any other form still gets exact gradients (the backward detects it and
+    recomputes). A speed hint only: results never depend on it, and the other paths ignore it.
     """
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden [..., {hidden.shape[-1]}] and weight [V, {weight.shape[-1]}] disagree on d")
@@ -104,6 +109,8 @@ def token_logprobs(
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree on rows")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if grad_hint is not None and grad_hint.shape != targets.shape:
+        raise ValueError(f"grad_hint {tuple(grad_hint.shape)} and targets {tuple(targets.shape)} disagree on rows")
     lead = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
     y = targets.reshape(-1)  # [N]
@@ -117,7 +124,8 @@ def token_logprobs(
     elif name == "chunked":
         from src.kernels.chunked import chunked_token_logprobs
 
-        out = chunked_token_logprobs(h, weight, y, chunk_size=chunk_size, **kwargs)
+        hint = grad_hint.reshape(-1) if grad_hint is not None else None
+        out = chunked_token_logprobs(h, weight, y, chunk_size=chunk_size, grad_hint=hint, **kwargs)
     else:
         if not triton_available():
             raise RuntimeError("impl='triton' requested but Triton (or src.kernels.triton_logprobs) is unavailable")

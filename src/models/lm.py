@@ -68,12 +68,15 @@ class CausalLMModule(pl.LightningModule):
         # it and register it as an external parameter of the running module, which re-gathers it for the backward:
         # gradients are exact (tests/test_invariants.py: ZeRO-3, every weight partitioned, == DDP). Outside a step
         # (e.g. generation after fit) wrap calls in deepspeed.zero.GatheredParameters.
+        # The loss is −Σ mask·logp / n: a multiple of the label mask, so the kernel may build the gradients in
+        # its forward (grad_hint; exact for any loss, faster for this one).
         logp = token_logprobs(
             hidden.flatten(0, 1),
             self.backbone.output_weight,
             labels.flatten(),
             bias=self.backbone.output_bias,
             impl=self.kernel,
+            grad_hint=(labels.flatten() != -100).float(),
         )  # [B*T]
         return logp.view_as(labels)
 

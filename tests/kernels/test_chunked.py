@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from src.kernels import reference_token_logprobs, token_logprobs
-from src.kernels.chunked import LIVE_CHUNK_BUFFERS, chunk_rows_for_budget, chunked_token_logprobs
+from src.kernels.chunked import LIVE_CHUNK_BUFFERS, chunk_rows_for_budget, chunked_token_logprobs, hint_scale
 from tests.kernels.kernel_cases import CASES, Case, check_error_budget, make_inputs
 
 
@@ -125,3 +125,66 @@ def test_peak_intermediate_does_not_scale_with_n_times_v(impl: str) -> None:
         assert largest[64] == largest[512] == max(16 * vocab, vocab * d)
     else:  # the detector itself works: the reference does build [N, V]
         assert largest[512] >= 512 * vocab
+
+
+class _CountMatmuls(TorchDispatchMode):
+    """Counts matrix multiplications (mm/addmm) dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _grads_with_hint(upstream: str, chunk_size: int = 5) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """(reference grads, hinted chunked grads, matmuls in the chunked backward) for one upstream gradient."""
+    gen = torch.Generator().manual_seed(0)
+    n, vocab, d = 23, 40, 6
+    h = torch.randn(n, d, generator=gen, requires_grad=True)
+    w = torch.randn(vocab, d, generator=gen, requires_grad=True)
+    b = torch.randn(vocab, generator=gen, requires_grad=True)
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    y[::4] = -100
+    mask = (y != -100).float()
+    up = -mask / mask.sum() if upstream == "ce" else torch.randn(n, generator=gen)
+    grads = []
+    for impl in ("reference", "chunked"):
+        kw = dict(grad_hint=mask, chunk_size=chunk_size) if impl == "chunked" else {}
+        logp = token_logprobs(h, w, y, bias=b, temperature=0.8, impl=impl, **kw)
+        with _CountMatmuls() as mode:
+            grads.append(list(torch.autograd.grad((logp * up).sum(), (h, w, b))))
+    return grads[0], grads[1], mode.n
+
+
+def test_grad_hint_builds_cross_entropy_gradients_in_the_forward() -> None:
+    """Mean CE with the label mask as hint: exact gradients, and the backward runs no matmul at all."""
+    ref, got, backward_matmuls = _grads_with_hint("ce")
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+    assert backward_matmuls == 0
+
+
+def test_grad_hint_falls_back_when_the_loss_is_not_a_multiple_of_it() -> None:
+    """A different upstream gradient (DPO-, GRPO-like) still gets exact gradients, via the recompute backward."""
+    ref, got, backward_matmuls = _grads_with_hint("random")
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+    assert backward_matmuls > 0
+
+
+def test_hint_scale() -> None:
+    hint = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    assert float(hint_scale(-0.25 * hint, hint)) == pytest.approx(-0.25)
+    assert hint_scale(torch.tensor([1.0, 0.0, 1.0, 1.0]), hint) is None  # not a multiple
+    assert float(hint_scale(torch.zeros(4), torch.zeros(4))) == 0.0
+    assert hint_scale(torch.ones(4), torch.zeros(4)) is None
+
+
+def test_grad_hint_shape_is_checked() -> None:
+    h, w, y = torch.randn(4, 3), torch.randn(7, 3), torch.randint(0, 7, (4,))
+    with pytest.raises(ValueError, match="grad_hint"):
+        token_logprobs(h, w, y, grad_hint=torch.ones(5), impl="chunked")

@@ -110,12 +110,15 @@ def split_words(words: list[str], heldout: float, seed: int) -> tuple[list[str],
     return shuffled[n_held:], shuffled[:n_held]
 
 
-def eval_questions(n_words: int, heldout: float, n_per_game: int, seed: int) -> list[dict[str, Any]]:
-    """Held-out evaluation questions (options from the held-out words, or all words when heldout=0)."""
+def eval_questions(n_words: int, heldout: float, n_per_game: int, seed: int,
+                   seen: bool = False) -> list[dict[str, Any]]:
+    """Evaluation questions: options from the held-out words (or all words when heldout=0); with ``seen=True``
+    from the fine-tuning words instead (new questions about words fine-tuning did ask about: a diagnostic that
+    separates "never learned the game" from "learned it but cannot spell unseen words")."""
     words = word_list(n_words)
     train_w, held_w = split_words(words, heldout, seed)
-    rng = random.Random(seed * 1_000_003 + 17)
-    pool = held_w or words
+    rng = random.Random(seed * 1_000_003 + (29 if seen else 17))
+    pool = train_w if seen else (held_w or words)
     return [make_question(g, pool, rng) for g in GAMES for _ in range(n_per_game)]
 
 

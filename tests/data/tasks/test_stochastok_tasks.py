@@ -50,6 +50,9 @@ def test_heldout_words_never_appear_in_finetuning(tmp_path: Path) -> None:
     assert ft_words <= set(train_w)
     for q in eval_questions(200, 0.2, 20, 3):
         assert {o.strip() for o in q["options"]} <= set(held_w)
+    seen = eval_questions(200, 0.2, 20, 3, seen=True)
+    assert all({o.strip() for o in q["options"]} <= set(train_w) for q in seen)
+    assert {q["prompt"] for q in seen} - {r["prompt"] for r in ft}  # new questions, not the fine-tuning ones
     corpus = " ".join(json.loads(line)["text"] for line in files["pretrain"].read_text().splitlines())
     assert set(held_w) & set(corpus.replace(".", " ").split())  # pretraining does see the held-out words
 

@@ -253,6 +253,9 @@ def chunked_token_logprobs(
     """
     if grad_hint is not None and grad_hint.shape != targets.shape:
         raise ValueError(f"grad_hint {tuple(grad_hint.shape)} must have the shape of targets {tuple(targets.shape)}")
+    if not torch.is_grad_enabled():
+        grad_hint = None  # evaluation: no backward will come, so no gradients to build (inside forward, ctx still
+        # reports needs_input_grad from requires_grad, whatever the grad mode)
     n = hidden.shape[0]
     if chunk_size is None:
         budget = default_budget_bytes(hidden.device) if budget_bytes is None else budget_bytes

@@ -135,7 +135,7 @@ class _CountMatmuls(TorchDispatchMode):
         self.n = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
             self.n += 1
         return func(*args, **(kwargs or {}))
 
@@ -188,3 +188,15 @@ def test_grad_hint_shape_is_checked() -> None:
     h, w, y = torch.randn(4, 3), torch.randn(7, 3), torch.randint(0, 7, (4,))
     with pytest.raises(ValueError, match="grad_hint"):
         token_logprobs(h, w, y, grad_hint=torch.ones(5), impl="chunked")
+
+
+def test_grad_hint_builds_nothing_under_no_grad() -> None:
+    """Evaluation with the hint costs one matmul per chunk (the logits), not the three of a training forward."""
+    h, w = torch.randn(10, 4, requires_grad=True), torch.randn(7, 4, requires_grad=True)
+    y = torch.randint(0, 7, (10,))
+    counts = {}
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), _CountMatmuls() as mode:
+            token_logprobs(h, w, y, grad_hint=torch.ones(10), impl="chunked", chunk_size=5)
+        counts[grad] = mode.n
+    assert counts == {True: 6, False: 2}  # 2 chunks × (logits, dh, dW) vs 2 chunks × logits

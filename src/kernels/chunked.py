@@ -27,7 +27,9 @@ from torch import Tensor
 
 # Default extra memory the chunk temporaries may use. Each chunk adds a rank-C update dzᵀ·h_c to the whole
 # [V, d] dW, which is memory-bound when C is small: on a 2-core CPU at V=128k, d=1024, 64 MiB (43 rows) took
-# 21.4 s for N=2048 and 256 MiB (170 rows) 13.9 s (14.6 → 9.9 s with grad_hint); 512 MiB gained nothing more.
+# 21.4 s for N=2048 and 256 MiB (170 rows) 13.9 s (14.6 → 9.9 s with grad_hint); 512 MiB gained nothing more
+# (in-process fwd+bwd loop; the same comparison: TOKENSMITH_KERNEL_CHUNK_BYTES=<bytes> python bench/kernels.py
+# --n 2048 --v 128000 --d 1024 --impls chunked,chunked_hint).
 # CUDA: large enough that each matmul fills the GPU. Both stay far below any realistic [N, V].
 DEFAULT_BUDGET_BYTES = {"cpu": 256 * 2**20, "cuda": 512 * 2**20}
 BUDGET_ENV_VAR = "TOKENSMITH_KERNEL_CHUNK_BYTES"

@@ -45,3 +45,13 @@ def test_unknown_loss_impl_is_rejected(run_dir: Path) -> None:
     cfg = compose_cfg(["debug=smoke", "method.loss_impl=naive"], run_dir)
     with pytest.raises(Exception, match="loss_impl"):
         build_components(cfg)
+
+
+@pytest.mark.parametrize("override", ["trainer.enable_progress_bar=false", "callbacks.progress_bar=null"])
+def test_one_override_silences_the_progress_bar(override: str, run_dir: Path) -> None:
+    """Either switch alone gives no bar: Lightning would refuse the first (our bar callback is configured) and
+    answer the second with its own default bar."""
+    _, _, trainer = build_components(compose_cfg(["debug=smoke", override], run_dir))
+    assert trainer.progress_bar_callback is None
+    _, _, default = build_components(compose_cfg(["debug=smoke"], run_dir))
+    assert type(default.progress_bar_callback).__name__ == "StepProgressBar"

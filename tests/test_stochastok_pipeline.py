@@ -71,6 +71,18 @@ def test_fresh_segmentation_each_epoch_and_reproducible(dms: tuple[LMDataModule,
     assert sorted(i for i, _ in keys[:n]) == list(range(n))
 
 
+def test_loader_batches_equal_the_per_item_expansion(dms: tuple[LMDataModule, LMDataModule]) -> None:
+    """Batches are expanded whole (`__getitems__`); each row must still be the expansion of its own (index,
+    epoch) key, exactly what `ds[key]` gives, so batching never changes the data or its seeding."""
+    stok = dms[1]
+    loader = stok.train_dataloader()
+    keys = iter(loader.sampler)
+    for batch in (next(it := iter(loader)), next(it)):
+        expect = [stok.train_dataset[next(keys)] for _ in range(stok.batch_size)]
+        for k, v in batch.items():
+            assert torch.equal(v, torch.stack([e[k] for e in expect])), k
+
+
 def test_stochastok_on_sft_is_refused() -> None:
     with pytest.raises(DataError, match="data.stochastok.p=0.1 applies to pretraining"):
         LMDataModule(source={"kind": "records", "records": [{"prompt": "a", "response": "b"}]}, format="sft",

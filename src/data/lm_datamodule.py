@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
-from src.data.packing import PackedDataset, pack_flat, token_column_arrays
+from src.data.packing import Batch, PackedDataset, pack_flat, token_column_arrays
 from src.data.sampler import InfiniteSampler
 from src.data.sft import SFTCollator, SFTDataset, SFTTokenize
 from src.data.sources import Fields, LoadedSource, load_source, normalize_spec, to_plain
@@ -49,8 +49,11 @@ def seed_worker(worker_id: int, base_seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def stack_items(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Collate fixed-length packed items: every key becomes `[B, T]`."""
+def stack_items(items: Sequence[dict[str, torch.Tensor]] | Batch) -> dict[str, torch.Tensor]:
+    """Collate fixed-length packed items: every key becomes `[B, T]`. A `Batch` (built whole by the dataset's
+    `__getitems__`, the DataLoader's batched fetch) is already collated and passes through."""
+    if isinstance(items, Batch):
+        return dict(items)
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from src.data.cache import Hasher, atomic_write_bytes
 from src.data.errors import DataError
-from src.data.packing import PackedRows, pack_flat, row_to_item
+from src.data.packing import Batch, PackedRows, pack_flat, row_to_item, rows_to_batch
 from src.data.sampler import InfiniteSampler, epoch_permutation
 from src.data.tokenizer import Tokenizer
 
@@ -298,20 +298,39 @@ class StochasTokPackedDataset(Dataset):
 
     def expanded_row(self, index: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(tokens [seq_len+1], segments [seq_len+1]) of row `index` in epoch `epoch`."""
+        out_tok = np.empty(self.width, dtype=np.int64)
+        out_seg = np.empty(self.width, dtype=np.int64)
+        self._expand_into(index, epoch, out_tok, out_seg)
+        return out_tok, out_seg
+
+    def _expand_into(self, index: int, epoch: int, out_tok: np.ndarray, out_seg: np.ndarray) -> None:
+        """Write row `index`'s expansion for `epoch`, right-padded, into `out_tok` / `out_seg` ([seq_len+1])."""
         tokens, segments = self.rows.tokens[index], self.rows.segments[index]
         n_real = int(np.count_nonzero(segments))  # padding is only ever at the end of the last row
         new_tok, src = expand_with_source(tokens[:n_real], self.table, self.p, item_rng(self.seed, epoch, index))
-        if len(new_tok) > self.width:  # impossible by rows_with_headroom; a bug, not a user error
-            raise AssertionError(f"expanded row {index} has {len(new_tok)} > {self.width} tokens")
-        out_tok = np.full(self.width, self.pad_id, dtype=np.int64)
-        out_seg = np.zeros(self.width, dtype=np.int64)
-        out_tok[: len(new_tok)] = new_tok
-        out_seg[: len(new_tok)] = segments[src]
-        return out_tok, out_seg
+        n = len(new_tok)
+        if n > self.width:  # impossible by rows_with_headroom; a bug, not a user error
+            raise AssertionError(f"expanded row {index} has {n} > {self.width} tokens")
+        out_tok[:n] = new_tok
+        out_tok[n:] = self.pad_id
+        out_seg[:n] = segments[src]
+        out_seg[n:] = 0
+
+    @staticmethod
+    def _key(key: int | tuple[int, int]) -> tuple[int, int]:
+        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
-        return row_to_item(*self.expanded_row(index, epoch))
+        return row_to_item(*self.expanded_row(*self._key(key)))
+
+    def __getitems__(self, keys: list[int | tuple[int, int]]) -> Batch:
+        """The DataLoader's batched fetch: rows are expanded one by one (each with its own (epoch, index) seed, so
+        the batch equals the per-item path), then converted to tensors once (`rows_to_batch`)."""
+        out_tok = np.empty((len(keys), self.width), dtype=np.int64)  # [B, T+1]
+        out_seg = np.empty((len(keys), self.width), dtype=np.int64)  # [B, T+1]
+        for b, key in enumerate(keys):
+            self._expand_into(*self._key(key), out_tok[b], out_seg[b])
+        return Batch(rows_to_batch(out_tok, out_seg))
 
 
 # --- configuration ---------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from src.runtime.checkpoints import resolve_ckpt_path
@@ -28,6 +29,17 @@ def build_strategy(cfg: DictConfig) -> Any:
     return cfg.get("name", "auto")
 
 
+def progress_bar_switch(callbacks: list[Any], enabled: bool) -> tuple[list[Any], bool]:
+    """Either switch turns the bar off: `trainer.enable_progress_bar=false` or `callbacks.progress_bar=null`.
+
+    Lightning alone would refuse the first while our bar callback is configured, and answer the second with its
+    own default bar; a quiet sweep should need only one override.
+    """
+    if not enabled:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks, any(isinstance(c, ProgressBar) for c in callbacks)
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate data → tokenizer → backbone → objective → trainer, in the order their sizes depend on."""
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -41,10 +53,12 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     # curriculum=<name> may bring the callback that drives its data mixture (conf/curriculum/, docs/skillit.md)
     if (cfg.get("curriculum") or {}).get("callback"):
         callbacks.append(instantiate(cfg.curriculum.callback))
+    callbacks, bar = progress_bar_switch(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = cluster_plugins(callbacks)  # under SLURM: our preemption callback alone owns requeue
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg.strategy),
+        enable_progress_bar=bar,
         **({"plugins": plugins} if plugins else {}),
     )
     return datamodule, module, trainer

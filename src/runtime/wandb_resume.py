@@ -17,13 +17,15 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 ID_FILE = "wandb_run_id"
-WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
+# Ours (survives a lost W&B service: src/runtime/wandb_logger.py) and Lightning's, for users who configure it.
+WANDB_TARGETS = ("src.runtime.wandb_logger.WandbLogger", "lightning.pytorch.loggers.WandbLogger",
+                 "lightning.pytorch.loggers.wandb.WandbLogger")
 
 
 def wandb_logger_key(cfg: DictConfig) -> str | None:
     """The key under `logger` that configures a WandbLogger, if any."""
     for key, node in (cfg.get("logger") or {}).items():
-        if node and node.get("_target_") == WANDB_TARGET:
+        if node and node.get("_target_") in WANDB_TARGETS:
             return str(key)
     return None
 

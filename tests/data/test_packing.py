@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.data.lm_datamodule import stack_items
 from src.data.packing import IGNORE_INDEX, PackedDataset, pack_documents
 
 EOS, PAD = 1, 0
@@ -76,6 +77,19 @@ def test_hand_example():
     assert c["segment_ids"].tolist() == [1, 1, 1, 2] and c["position_ids"].tolist() == [0, 1, 2, 0]
     for k, v in c.items():
         assert v.dtype == torch.long, k
+
+
+@settings(max_examples=40, deadline=None)
+@given(docs=docs_strategy, seq_len=st.integers(2, 17), data=st.data())
+def test_batched_fetch_equals_stacked_items(docs, seq_len, data):
+    """The DataLoader fetches whole batches (`__getitems__`, vectorised); they must equal the per-row items."""
+    ds, items = _items(docs, seq_len)
+    idx = data.draw(st.lists(st.integers(0, len(ds) - 1), min_size=1, max_size=8))
+    batch = stack_items(ds.__getitems__(idx))
+    assert set(batch) == set(items[0])
+    for k, v in batch.items():
+        assert v.shape == (len(idx), seq_len) and v.dtype == torch.long, k
+        assert torch.equal(v, torch.stack([items[i][k] for i in idx])), k
 
 
 def test_seq_len_must_be_positive():

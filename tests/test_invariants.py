@@ -12,7 +12,7 @@ every packed row is full (no document boundary, no padding) and every micro-batc
 labels; the tests assert that precondition on the batches actually used. (With document boundaries or SFT
 masking, micro-batches differ in token count and the split does change the weighting: see docs/scaleout.md.)
 
-Resume: a run interrupted after 3 steps and resumed from its last checkpoint (DDP, ZeRO-2, ZeRO-3) ends where
+Resume: a run interrupted after 3 steps and resumed from its last checkpoint (DDP, ZeRO-2, ZeRO-3, FSDP2) ends where
 the uninterrupted 6-step DDP run ends: same losses after the resume, same final weights.
 
 Tolerances: everything runs in fp32; the splits differ only in the order of float additions (a gradient summed
@@ -129,7 +129,18 @@ def test_deepspeed_matches_ddp(strategy: str, ddp: Path, tmp_path: Path, corpus:
     assert_same_training(ddp, run)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_fsdp2_matches_ddp(ddp: Path, tmp_path: Path, corpus: Path) -> None:
+    """FSDP2 (every block and the root sharded over 2 CPU processes) trains the same model as DDP, with the fused
+    kernel reading the output weight outside the backbone's forward; its sharded checkpoint consolidates to DDP's
+    weights, and generation after training (which bypasses forward's gather hooks) works on the sharded model."""
+    run = train_subprocess(tmp_path / "fsdp", [*common(corpus), *two_processes("fsdp"),
+                                               "callbacks.run_artifacts.sample_max_new_tokens=4"])
+    assert (run / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # really a sharded (DCP) checkpoint
+    assert_same_training(ddp, run)
+    assert "###" in (run / "samples.txt").read_text()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
 def test_resume_matches_uninterrupted_run(strategy: str, ddp: Path, tmp_path: Path, corpus: Path) -> None:
     """Stop after 3 of 6 steps, resume with ckpt_path=last: steps 4-6 and the final weights are the
     uninterrupted DDP run's (for ZeRO this also restores the sharded optimizer state: Adam's moments matter)."""

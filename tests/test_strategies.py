@@ -105,4 +105,18 @@ def test_convert_rejects_what_is_not_a_zero_checkpoint(tmp_path: Path) -> None:
         find_zero_checkpoint(plain)
     proc = _convert_cli(str(tmp_path / "nowhere"))
     assert proc.returncode == 2
-    assert "no DeepSpeed ZeRO checkpoint here" in proc.stderr and "Traceback" not in proc.stderr
+    assert "no DeepSpeed ZeRO checkpoint here and no FSDP2 one" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("marker", ["latest", ".metadata"])  # DeepSpeed's shard directory, FSDP2's (DCP)
+def test_last_resumes_its_own_sharded_checkpoint(marker: str, tmp_path: Path) -> None:
+    """`ckpt_path=last` in a run dir whose last.ckpt is a shard directory resumes that directory, not the newest
+    last.ckpt of another run (the fallback a requeued sharded run once took by mistake)."""
+    own = tmp_path / "runs" / "a"
+    (own / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    (own / "checkpoints" / "last.ckpt" / marker).write_text("")
+    other = tmp_path / "runs" / "b" / "checkpoints"
+    other.mkdir(parents=True)
+    torch.save({}, other / "last.ckpt")  # newer, and a plain file
+    assert resolve_ckpt_path("last", own, tmp_path / "runs") == str(own / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path(str(own), own, tmp_path / "runs") == str(own / "checkpoints" / "last.ckpt")

@@ -125,6 +125,14 @@ class CausalLMModule(pl.LightningModule):
         self.val_nll.reset()
         self.val_tokens.reset()
 
+    # ---- sharding ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """strategy=fsdp shards the backbone here, before optimizers exist (FSDP2Strategy.shard_backbone); every
+        other strategy has no `shard_backbone` and this does nothing."""
+        shard = getattr(self.trainer.strategy, "shard_backbone", None)
+        if shard is not None:
+            shard(self.backbone)
+
     # ---- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW-style groups: weight decay on matrices only (norm gains and biases are not decayed)."""

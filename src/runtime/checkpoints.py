@@ -10,8 +10,9 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 def is_checkpoint(path: Path) -> bool:
-    """A checkpoint file, or the directory of shards DeepSpeed writes in place of one (it holds a `latest` file)."""
-    return path.is_file() or (path.is_dir() and (path / "latest").is_file())
+    """A checkpoint file, or a directory of shards written in place of one: DeepSpeed's (it holds a `latest`
+    file) or FSDP2's torch.distributed.checkpoint directory (it holds `.metadata`)."""
+    return path.is_file() or (path.is_dir() and ((path / "latest").is_file() or (path / ".metadata").is_file()))
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_dir: str | Path) -> str | None:

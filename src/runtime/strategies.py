@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 
 
 class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
@@ -62,3 +62,51 @@ class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
         # Skip DeepSpeedStrategy's CUDA-only check; DDPStrategy's set-up calls our (DeepSpeed) setup_distributed.
         DDPStrategy.setup_environment(self)
 
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallelism with FSDP2 (`fully_shard`) on CUDA GPUs or CPU processes (gloo).
+
+    Why not Lightning's `FSDPStrategy`: it wraps with FSDP1, which refuses CPU devices, and its precision plugin
+    refuses norm clipping (docs/scaleout.md). Lightning's `ModelParallelStrategy` drives FSDP2 through
+    `LightningModule.configure_model`; this subclass fixes its mesh to pure data parallelism (every rank holds
+    1/world of each parameter, no tensor parallelism) and shards the module's `backbone` itself
+    (src/models/fsdp.py), so an objective only needs a `configure_model` that calls `shard_backbone` (our
+    `CausalLMModule` has it). Checkpoints: a directory of per-rank shards (`save_distributed_checkpoint: true`,
+    resumable with any world size) or one full file written by rank 0 (`false`);
+    `python -m src.runtime.convert_checkpoint` turns the directory into one plain file.
+    """
+
+    strategy_name = "fsdp2"
+
+    def __init__(self, *args: Any, reshard_after_forward: bool = True, param_dtype: str | None = None,
+                 reduce_dtype: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("tensor_parallel_size", 1)
+        super().__init__(*args, **kwargs)
+        self.reshard_after_forward = bool(reshard_after_forward)
+        self._dtypes = {"param_dtype": _dtype(param_dtype), "reduce_dtype": _dtype(reduce_dtype)}
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":  # every rank of every node is one data-parallel replica
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def shard_backbone(self, backbone: torch.nn.Module) -> None:
+        """Called from the LightningModule's `configure_model`: shard `backbone` over the data-parallel mesh."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        from src.models.fsdp import apply_fsdp2
+
+        policy = MixedPrecisionPolicy(**self._dtypes) if any(self._dtypes.values()) else None
+        apply_fsdp2(backbone, self.device_mesh["data_parallel"], reshard_after_forward=self.reshard_after_forward,
+                    mp_policy=policy)
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+              "fp32": torch.float32, "float32": torch.float32}
+    if name not in dtypes:
+        raise ValueError(f"strategy: unknown dtype {name!r}; use one of {sorted(dtypes)} or null")
+    return dtypes[name]

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from src.models.fsdp import gathered
+
 
 def next_token_logits(backbone: nn.Module, hidden_last: Tensor) -> Tensor:  # [B, d] -> [B, V] float32
     logits = hidden_last.float() @ backbone.output_weight.float().T
@@ -80,22 +82,23 @@ def generate(
     was_training = backbone.training
     backbone.eval()
     try:
-        mask = attention_mask.long()
-        positions = positions_from_mask(mask)
-        hidden, cache = backbone.forward_cached(input_ids, mask, positions, None)  # prefill
-        next_pos = positions[:, -1:] + 1  # [B, 1]
-        for step in range(max_new_tokens):
-            logits = next_token_logits(backbone, hidden[:, -1])  # [B, V]
-            token = sample_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            token = token.masked_fill(done, pad_token_id)
-            out[:, step] = token
-            if stop.numel():
-                done = done | torch.isin(token, stop)
-            if step == max_new_tokens - 1 or bool(done.all()):
-                break
-            mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
-            hidden, cache = backbone.forward_cached(token[:, None], mask, next_pos, cache)
-            next_pos = next_pos + 1
+        with gathered(backbone):  # FSDP2: forward_cached bypasses forward's gather hooks (src/models/fsdp.py)
+            mask = attention_mask.long()
+            positions = positions_from_mask(mask)
+            hidden, cache = backbone.forward_cached(input_ids, mask, positions, None)  # prefill
+            next_pos = positions[:, -1:] + 1  # [B, 1]
+            for step in range(max_new_tokens):
+                logits = next_token_logits(backbone, hidden[:, -1])  # [B, V]
+                token = sample_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                token = token.masked_fill(done, pad_token_id)
+                out[:, step] = token
+                if stop.numel():
+                    done = done | torch.isin(token, stop)
+                if step == max_new_tokens - 1 or bool(done.all()):
+                    break
+                mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
+                hidden, cache = backbone.forward_cached(token[:, None], mask, next_pos, cache)
+                next_pos = next_pos + 1
     finally:
         backbone.train(was_training)
     return out

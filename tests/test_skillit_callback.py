@@ -75,6 +75,15 @@ def test_callback_changes_the_sampler_mid_epoch_by_the_update_rule(run_dir: Path
     assert (run_dir / "skill_mixture.png").is_file() and (run_dir / "skills.json").is_file()
 
 
+def test_without_the_step0_evaluation_the_first_window_holds_only_trained_losses(run_dir: Path) -> None:
+    """`eval_at_start=false`: no evaluation of the untrained model, so round 2 uses the step-2 losses alone."""
+    dm, _, cb = _fit(compose_cfg([*TINY, "curriculum.callback.eval_at_start=false"], run_dir))
+    assert [e["step"] for e in cb.evals] == [2, 4, 6, 8]
+    graph = np.asarray(dm.skills_graph)
+    np.testing.assert_allclose(cb.mixtures[1]["weights"],
+                               skillit_mixture(graph, np.array([cb.evals[0]["loss"]]), 0.5), rtol=1e-9)
+
+
 def test_resume_keeps_the_mixture_and_the_trajectory(tmp_path: Path) -> None:
     straight_rec, resumed_rec = _Record(), _Record()
     _, _, straight = _fit(compose_cfg([*TINY, "data.num_workers=1"], tmp_path / "a"), [straight_rec])

@@ -75,10 +75,13 @@ def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any)
 class SkillEvalCallback(Callback):
     """Per-skill loss/accuracy every `eval_every` steps (and at the end), the mixture history, plots and summary."""
 
-    def __init__(self, eval_every: int = 100) -> None:
+    def __init__(self, eval_every: int = 100, eval_at_start: bool = True) -> None:
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         self.eval_every = int(eval_every)
+        # False: no evaluation of the untrained model at step 0. Its losses (≈ ln V on the answer token, ~8x a
+        # trained model's) would sit in Skill-It's first window and all but decide round 2's mixture.
+        self.eval_at_start = bool(eval_at_start)
         self.evals: list[dict[str, Any]] = []  # {"step", "loss": [k], "acc": [k]}
         self.mixtures: list[dict[str, Any]] = []  # {"step", "position", "weights": [k]}
         self.last_eval_step = -1
@@ -114,7 +117,7 @@ class SkillEvalCallback(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         step = int(trainer.global_step)
-        if step % self.eval_every == 0 and step != self.last_eval_step:
+        if step % self.eval_every == 0 and step != self.last_eval_step and (step > 0 or self.eval_at_start):
             self._evaluate(trainer, pl_module, step)
         self.update(trainer, pl_module, self._datamodule(trainer), step)
 
@@ -185,8 +188,8 @@ class SkillItCallback(SkillEvalCallback):
     """
 
     def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
-                 graph: Any = None, target_skills: list[int] | None = None) -> None:
-        super().__init__(eval_every)
+                 graph: Any = None, target_skills: list[int] | None = None, eval_at_start: bool = True) -> None:
+        super().__init__(eval_every, eval_at_start)
         if rounds < 1 or window < 1 or eta < 0:
             raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")
         self.eta, self.rounds, self.window = float(eta), int(rounds), int(window)

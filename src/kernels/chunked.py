@@ -106,16 +106,19 @@ def hint_scale(g: Tensor, g_hint: Tensor) -> Tensor | None:
     """The scalar c with g == c·g_hint (both [N], already masked and 1/T-scaled), or None when there is none.
 
     c is the least-squares fit (g·h)/(h·h); the check is max|g − c·h| ≤ HINT_RTOL·max|g|. A zero hint only
-    explains a zero g. The comparison is one pass over [N] scalars: no cost next to a [N, V] matmul.
+    explains a zero g. The comparison is one pass over [N] scalars: no cost next to a [N, V] matmul, and the three
+    scalars it decides on cross to the host together (one device sync per backward, not three).
     """
     hh = torch.dot(g_hint, g_hint)
-    g_max = g.abs().max() if g.numel() else g.new_zeros(())
-    if float(hh) == 0.0:
-        return g.new_zeros(()) if float(g_max) == 0.0 else None
-    c = torch.dot(g, g_hint) / hh
-    if float((g - c * g_hint).abs().max()) > HINT_RTOL * float(g_max):
-        return None
-    return c
+    c = torch.dot(g, g_hint) / torch.where(hh == 0, torch.ones_like(hh), hh)  # 0 when the hint is zero
+    if g.numel():
+        g_max, resid = g.abs().max(), (g - c * g_hint).abs().max()
+    else:
+        g_max = resid = g.new_zeros(())
+    hh_v, g_max_v, resid_v = torch.stack([hh.float(), g_max.float(), resid.float()]).tolist()  # the one sync
+    if hh_v == 0.0:
+        return g.new_zeros(()) if g_max_v == 0.0 else None
+    return None if resid_v > HINT_RTOL * g_max_v else c
 
 
 class ChunkedTokenLogprobs(torch.autograd.Function):

@@ -7,6 +7,7 @@ Equivalence with DDP and resume = uninterrupted, on 2 processes, are in tests/te
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,12 +124,16 @@ def test_last_resumes_its_own_sharded_checkpoint(marker: str, tmp_path: Path) ->
     assert resolve_ckpt_path(str(own), own, tmp_path / "runs") == str(own / "checkpoints" / "last.ckpt")
 
 
-def test_fsdp_trains_a_hugging_face_backbone_and_generates(tmp_path: Path) -> None:
-    """strategy=fsdp on 2 CPU processes with the HF adapter (its decoder layers become the FSDP units): trains,
-    writes a sharded (DCP) checkpoint, and generates after training (generation gathers the sharded weights)."""
+@pytest.mark.parametrize("precision", [[], ["strategy.param_dtype=bf16", "strategy.reduce_dtype=fp32"]],
+                         ids=["fp32", "bf16-params"])
+def test_fsdp_trains_a_hugging_face_backbone_and_generates(precision: list[str], tmp_path: Path) -> None:
+    """strategy=fsdp on 2 CPU processes with the HF adapter (its decoder layers become the FSDP units), in fp32 and
+    with FSDP2's mixed precision: trains, writes a sharded (DCP) checkpoint, and generates after training
+    (generation gathers the sharded weights)."""
     run = train_subprocess(tmp_path / "fsdp_hf", [
-        *SMOKE, "model=hf_llama_tiny", "strategy=fsdp", "trainer.devices=2",
+        *SMOKE, "model=hf_llama_tiny", "strategy=fsdp", "trainer.devices=2", *precision,
         "callbacks.run_artifacts.sample_max_new_tokens=4"])
     assert (run / "checkpoints" / "last.ckpt" / ".metadata").is_file()
-    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
     assert "###" in (run / "samples.txt").read_text()

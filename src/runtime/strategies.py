@@ -5,6 +5,9 @@ want indexed devices (`cpu:0`, `cpu:1`, ...), which Lightning's CPU accelerator 
 itself runs ZeRO-1/2/3 on CPU tensors (with `DS_ACCELERATOR=cpu`, set by src/runtime/environment.py), so the
 subclass below only swaps those two checks; on CUDA it is the stock strategy. Being able to run ZeRO on two CPU
 processes is what lets tests/test_invariants.py prove ZeRO-2/3 train the same model as DDP without a GPU.
+
+`FSDP2Strategy` (`strategy=fsdp`) is PyTorch's FSDP2 through Lightning's `ModelParallelStrategy`, which already
+runs on CPU/gloo; it only fixes the mesh to pure data parallelism and shards the backbone (src/models/fsdp.py).
 """
 
 from __future__ import annotations
@@ -63,7 +66,6 @@ class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
         DDPStrategy.setup_environment(self)
 
 
-
 class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallelism with FSDP2 (`fully_shard`) on CUDA GPUs or CPU processes (gloo).
 
@@ -72,8 +74,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     `LightningModule.configure_model`; this subclass fixes its mesh to pure data parallelism (every rank holds
     1/world of each parameter, no tensor parallelism) and shards the module's `backbone` itself
     (src/models/fsdp.py), so an objective only needs a `configure_model` that calls `shard_backbone` (our
-    `CausalLMModule` has it). Checkpoints: a directory of per-rank shards (`save_distributed_checkpoint: true`,
-    resumable with any world size) or one full file written by rank 0 (`false`);
+    `CausalLMModule` has it). Checkpoints: a directory of per-rank shards (`save_distributed_checkpoint: true`;
+    tested resuming with the same world size) or one full file written by rank 0 (`false`);
     `python -m src.runtime.convert_checkpoint` turns the directory into one plain file.
     """
 

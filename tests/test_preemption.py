@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,7 +19,7 @@ from omegaconf import open_dict
 from src.runtime.preemption import RECORD_FILE, Preempted, PreemptionCheckpoint, auto_resume_ckpt
 from src.runtime.run import run_training
 from src.runtime.wandb_resume import ID_FILE, pin_wandb_run_id
-from tests.helpers import compose_cfg
+from tests.helpers import ROOT, compose_cfg
 
 STEPS, ACCUM = 8, 2
 TINY = [
@@ -108,3 +111,37 @@ def test_wandb_run_id_is_kept_with_the_checkpoints(tmp_path: Path) -> None:
     explicit = compose_cfg(["logger=wandb", "logger.wandb.id=mine"], tmp_path / "a")
     assert pin_wandb_run_id(explicit, tmp_path / "a", None) == "mine"
     assert pin_wandb_run_id(compose_cfg([], tmp_path / "d"), tmp_path / "d", None) is None  # no W&B logger
+
+
+def test_sharded_fsdp_run_is_preempted_into_its_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """2-process FSDP2 run, SIGTERM to every process (what SLURM does to a job step): all ranks save one sharded
+    (DCP) last.ckpt at the next step boundary and exit 143; the same command in the same run dir resumes it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(TOKENSMITH_RUN_NAME="preempted", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "train.py", "debug=smoke", "trainer.accelerator=cpu", "trainer.devices=2", "strategy=fsdp",
+           "trainer.val_check_interval=20", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path}",
+           "callbacks.run_artifacts.sample_max_new_tokens=0"]
+    run = tmp_path / "train" / "runs" / "preempted"
+    proc = subprocess.Popen([*cmd, "trainer.max_steps=5000"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "checkpoints" / "step000020.ckpt").is_dir():  # training is under way on both ranks
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended or stalled before step 20"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, proc.stderr.read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (record,) = json.loads((run / RECORD_FILE).read_text())
+    assert record["signal"] == "SIGTERM" and record["step"] >= 20
+    assert (run / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # sharded, complete (renamed into place)
+    assert not (run / "metrics.json").exists()
+
+    end = record["step"] + 10  # a short second attempt: only that it continues from the checkpoint matters here
+    again = subprocess.run([*cmd, f"trainer.max_steps={end}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in (run / "train.log").read_text()
+    assert json.loads((run / "metrics.json").read_text())["steps"] == end

@@ -71,10 +71,14 @@ def test_fresh_segmentation_each_epoch_and_reproducible(dms: tuple[LMDataModule,
     assert sorted(i for i, _ in keys[:n]) == list(range(n))
 
 
-def test_loader_batches_equal_the_per_item_expansion(dms: tuple[LMDataModule, LMDataModule]) -> None:
-    """Batches are expanded whole (`__getitems__`); each row must still be the expansion of its own (index,
-    epoch) key, exactly what `ds[key]` gives, so batching never changes the data or its seeding."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_batches_equal_the_per_item_expansion(dms: tuple[LMDataModule, LMDataModule], workers: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are expanded whole (`__getitems__`, in the main process or in workers); each row must still be the
+    expansion of its own (index, epoch) key, exactly what `ds[key]` gives, so neither batching nor workers change
+    the data or its seeding."""
     stok = dms[1]
+    monkeypatch.setattr(stok, "num_workers", workers)
     loader = stok.train_dataloader()
     keys = iter(loader.sampler)
     for batch in (next(it := iter(loader)), next(it)):

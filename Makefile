@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
 EXTRAS ?= dev,hf,deepspeed,kernels
 STAMP := $(VENV)/.tokensmith-installed
-PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+# GPU=1: every pin but torch/triton (your CUDA torch, installed first, or PyPI's default CUDA build, stays).
+# Set automatically when .venv already holds a CUDA torch, so a later `make test` never swaps it for the CPU wheel.
+GPU ?= $(shell [ -x $(BIN)/python ] && $(BIN)/python -c "import torch; print(1 if torch.version.cuda else '')" 2>/dev/null)
+GPU_CONSTRAINTS := $(VENV)/constraints-gpu.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(if $(GPU),$(GPU_CONSTRAINTS),$(CONSTRAINTS)),)
 PYTEST_ARGS ?=
 ARGS ?=
 
@@ -19,6 +23,7 @@ $(BIN)/python:
 # torch goes first and alone: pinned by the constraints file, it resolves to the local CPU wheel
 # instead of the newest CUDA build (+3 GB of nvidia-* wheels).
 $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(if $(and $(GPU),$(CONSTRAINTS)),grep -vE '^(torch|triton)==' $(CONSTRAINTS) > $(GPU_CONSTRAINTS))
 	$(BIN)/python -m pip install -q $(PIP_C) torch
 	$(BIN)/python -m pip install -q $(PIP_C) -e ".[$(EXTRAS)]"
 	@touch $(STAMP)

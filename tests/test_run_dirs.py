@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from src.runtime import resolvers
-from src.runtime.checkpoints import CheckpointNotFoundError, resolve_ckpt_path
+from src.runtime.checkpoints import CheckpointNotFoundError, RunDirTakenError, ensure_fresh_run_dir, resolve_ckpt_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,33 @@ def test_slurm_ranks_share_the_job_id_name() -> None:
     a = _name_in_fresh_process({"SLURM_JOB_ID": "4242", "SLURM_PROCID": "0"})
     b = _name_in_fresh_process({"SLURM_JOB_ID": "4242", "SLURM_PROCID": "1"})
     assert a == b == "slurm-4242"
+
+
+def test_srun_steps_of_one_job_get_their_own_run_dir() -> None:
+    """Two `srun python train.py` lines in one sbatch script are steps 0 and 1; both ranks of a step share a name.
+    Step ids restart at 0 when the job is requeued (checked on the local cluster), so the names are stable."""
+    job = {"SLURM_JOB_ID": "4242"}
+    assert _name_in_fresh_process(job) == "slurm-4242"  # the batch step itself has no SLURM_STEP_ID
+    assert _name_in_fresh_process({**job, "SLURM_STEP_ID": "0"}) == "slurm-4242"
+    ranks = {_name_in_fresh_process({**job, "SLURM_STEP_ID": "1", "SLURM_PROCID": r}) for r in ("0", "1")}
+    assert ranks == {"slurm-4242.1"}
+    array = {"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3", "SLURM_STEP_ID": "2"}
+    assert _name_in_fresh_process(array) == "slurm-7_3.2"
+
+
+def test_a_new_run_refuses_a_run_dir_that_holds_another_run(tmp_path: Path) -> None:
+    import pytest
+
+    ensure_fresh_run_dir(tmp_path / "new")  # missing dir: fine
+    (tmp_path / "cfg_only").mkdir()
+    (tmp_path / "cfg_only" / "config_resolved.yaml").write_text("x")
+    ensure_fresh_run_dir(tmp_path / "cfg_only")  # a launch that died before training left nothing to lose
+    for name in ("metrics.json", "checkpoints/last.ckpt"):
+        run = tmp_path / name.replace("/", "_")
+        (run / name).parent.mkdir(parents=True)
+        (run / name).write_text("{}")
+        with pytest.raises(RunDirTakenError, match=rf"already holds another run \({name}\).*ckpt_path=last.*srun"):
+            ensure_fresh_run_dir(run)
 
 
 def test_ckpt_last_prefers_own_run_then_newest(tmp_path: Path) -> None:

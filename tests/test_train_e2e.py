@@ -42,6 +42,16 @@ def test_tiny_run_learns(run_dir: Path) -> None:
     assert (run_dir / "metrics.json").is_file() and (run_dir / "loss_curve.png").is_file()
 
 
+def test_bf16_mixed_with_accumulation_learns(run_dir: Path) -> None:
+    """`trainer.precision=bf16-mixed` + accumulation (the usual GPU settings) also learns on CPU autocast."""
+    cfg = compose_cfg([*TINY, "trainer.max_steps=60", "trainer.val_check_interval=60", "trainer.limit_val_batches=2",
+                       "method.scheduler.warmup_steps=5", "trainer.precision=bf16-mixed",
+                       "trainer.accumulate_grad_batches=2"], run_dir)
+    metrics = run_training(cfg)
+    assert metrics["steps"] == 60  # optimizer steps, each of 2 micro-batches
+    assert metrics["val/loss"] < 0.7 * metrics["train/loss_first"]
+
+
 class _StopAt(pl.Callback):
     """Simulates an interruption: the run ends at `step` although max_steps is larger."""
 
@@ -62,10 +72,14 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None) -> pl.Trainer:  # noqa: ANN001
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
-    """2N straight == N, stop, resume from last.ckpt, N more: same losses at every step after resume."""
+    """2N straight == N, stop, resume from last.ckpt, N more: same losses at every step after resume.
+
+    Dropout is on, so the global RNG stream must line up too: a DataLoader that drew its base seed from the global
+    generator (one draw per iterator, and a resumed run makes one more) used to shift every later dropout mask.
+    """
     torch.set_num_threads(1)
     n = 6
-    common = [*TINY, f"trainer.max_steps={2 * n}", f"trainer.val_check_interval={n}",
+    common = [*TINY, f"trainer.max_steps={2 * n}", f"trainer.val_check_interval={n}", "model.dropout=0.1",
               "trainer.limit_val_batches=2", "method.scheduler.warmup_steps=2", "data.num_workers=2"]
     straight = _fit(compose_cfg(common, tmp_path / "a"))
     first = _fit(compose_cfg(common, tmp_path / "b"), extra_callbacks=[_StopAt(n)])
@@ -117,6 +131,22 @@ def test_cli_bad_checkpoint_fails_with_one_clear_error(tmp_path: Path) -> None:
     proc = _train_cli([f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path)
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr and "ckpt_path=last" in proc.stderr
+
+
+def test_cli_second_launch_with_the_same_run_name_fails_and_keeps_the_first(tmp_path: Path) -> None:
+    """Two launches given one run name (two plain `python train.py` lines in one SLURM batch step are both named
+    slurm-<job>): the second stops with one clear error and the first run's files stay byte-identical."""
+    first = _train_cli([], tmp_path, TOKENSMITH_RUN_NAME="shared")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "train" / "runs" / "shared"
+    before = {p: (run / p).read_bytes() for p in ("metrics.json", "checkpoints/last.ckpt")}
+    second = _train_cli(["seed=2"], tmp_path, TOKENSMITH_RUN_NAME="shared")
+    assert second.returncode != 0
+    assert "already holds another run" in second.stderr and "Traceback" not in second.stderr
+    assert {p: (run / p).read_bytes() for p in before} == before
+    resumed = _train_cli(["ckpt_path=last", "trainer.max_steps=6"], tmp_path, TOKENSMITH_RUN_NAME="shared")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # continuing that run is what the error suggests
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
 
 
 def test_wandb_offline_run_holds_the_metrics(tmp_path: Path) -> None:

@@ -296,7 +296,8 @@ class DifficultyCurriculumCallback(SkillEvalCallback):
         ref.eval()
         dm.setup("fit")
         loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=256, shuffle=False,
-                                             collate_fn=dm.val_dataloader().collate_fn)
+                                             collate_fn=dm.val_dataloader().collate_fn,
+                                             generator=torch.Generator().manual_seed(0))  # global RNG untouched
         losses = []
         with torch.no_grad():
             for batch in loader:

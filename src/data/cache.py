@@ -47,6 +47,26 @@ def file_stamp(path: str | os.PathLike) -> list[Any]:
     return [str(p), st.st_size, st.st_mtime_ns]
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask alone must set it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the temp file the permissions a plain `open(path, "w")` would (mkstemp makes it 0600, which would hide
+    a shared cache's tokenizers and corpora from other users), then move it into place."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that concurrent readers see either nothing or the complete file."""
     path = Path(path)
@@ -57,7 +77,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -80,7 +100,7 @@ def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
                 f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -49,6 +49,14 @@ def seed_worker(worker_id: int, base_seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator. Without one, every new iterator draws its base seed from the *global* torch
+    RNG; a resumed run creates one more iterator than the straight run did, so every later dropout mask (and any
+    other global draw) would differ and resume would not be exact. Our workers are seeded by `seed_worker` and our
+    samplers by (seed, rank, position), so this generator's draws decide nothing else."""
+    return torch.Generator().manual_seed(int(seed))
+
+
 def stack_items(items: Sequence[dict[str, torch.Tensor]] | Batch) -> dict[str, torch.Tensor]:
     """Collate fixed-length packed items: every key becomes `[B, T]`. A `Batch` (built whole by the dataset's
     `__getitems__`, the DataLoader's batched fetch) is already collated and passes through."""
@@ -142,8 +150,10 @@ class LMDataModule(L.LightningDataModule):
         perm = np.random.default_rng([self.seed, 7919]).permutation(n)
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         fp = f"{src.fingerprint}-seed{self.seed}-val{n_val}"
-        train = LoadedSource(src.dataset.select(train_idx), fp + "-train", src.origin)
-        val = LoadedSource(src.dataset.select(val_idx), fp + "-val", src.origin) if n_val else None
+        locs = src.locations
+        train = LoadedSource(src.dataset.select(train_idx), fp + "-train", src.origin, locs and locs.take(train_idx))
+        val = LoadedSource(src.dataset.select(val_idx), fp + "-val", src.origin, locs and locs.take(val_idx))
+        val = val if n_val else None
         self._splits = (train, val)
         return self._splits
 
@@ -174,10 +184,10 @@ class LMDataModule(L.LightningDataModule):
     def _tokenize(self, split: LoadedSource) -> datasets.Dataset:
         tok = self.tokenizer
         if self.format == "pretrain":
-            fn: Any = TextTokenize(tok, self.fields)
+            fn: Any = TextTokenize(tok, self.fields, split.locations)
             key = ["pretrain-v1", split.fingerprint, tokenizer_fingerprint(tok), self.fields.text]
         else:
-            fn = SFTTokenize(tok, self.fields, self.seq_len, self.drop_long_prompts)
+            fn = SFTTokenize(tok, self.fields, self.seq_len, self.drop_long_prompts, split.locations)
             key = [
                 "sft-v1",
                 split.fingerprint,
@@ -188,8 +198,8 @@ class LMDataModule(L.LightningDataModule):
             ]
         try:
             return cached_map(split.dataset, fn, key, self.cache_dir, self.num_proc, f"tokenize {split.origin}")
-        except DataError as e:
-            raise DataError(f"{split.origin}: {e}") from None
+        except DataError as e:  # the message names the record's file and line (split.locations) when known
+            raise DataError(str(e) if split.locations is not None else f"{split.origin}: {e}") from None
 
     def _build(self, split: LoadedSource, expand: bool = False) -> Dataset:
         tok_ds = self._tokenize(split)
@@ -255,6 +265,7 @@ class LMDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self._collate(),
             worker_init_fn=functools.partial(seed_worker, base_seed=self.seed, rank=rank),
+            generator=loader_generator(self.seed),
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
@@ -271,6 +282,7 @@ class LMDataModule(L.LightningDataModule):
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=self._collate(),
+            generator=loader_generator(self.seed),
             pin_memory=self.pin_memory,
         )
 

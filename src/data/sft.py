@@ -22,7 +22,7 @@ import torch
 
 from src.data.errors import DataError
 from src.data.packing import IGNORE_INDEX
-from src.data.sources import Fields
+from src.data.sources import Fields, Locations, locate
 from src.data.tokenizer import Tokenizer
 
 
@@ -86,15 +86,18 @@ def encode_sft(
 class SFTTokenize:
     """Picklable batched `datasets.map` function (runs in `num_proc` worker processes)."""
 
-    def __init__(self, tok: Tokenizer, fields: Fields, seq_len: int, drop_long_prompts: bool) -> None:
+    def __init__(
+        self, tok: Tokenizer, fields: Fields, seq_len: int, drop_long_prompts: bool, locations: Locations | None = None
+    ) -> None:
         self.tok, self.fields, self.seq_len, self.drop = tok, fields, seq_len, drop_long_prompts
+        self.locations = locations  # names a bad record by file and line (src/data/sources.py)
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[list[int]]]:
         out: dict[str, list[list[int]]] = {"input_ids": [], "target_mask": []}
         n = len(indices)
         for j in range(n):
             rec = {k: batch[k][j] for k in batch}
-            where = f"record {indices[j]}"
+            where = locate(self.locations, indices[j])
             enc = encode_sft(self.tok, rec, self.fields, self.seq_len, where)
             if enc is None:
                 if self.drop:

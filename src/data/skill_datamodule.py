@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
-from src.data.lm_datamodule import seed_worker
+from src.data.lm_datamodule import loader_generator, seed_worker
 from src.data.skill_sampler import SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 from src.data.sources import to_plain
@@ -222,6 +222,7 @@ class SkillDataModule(L.LightningDataModule):
             self.train_dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
             collate_fn=SkillCollator(self.tokenizer.pad_id),
             worker_init_fn=functools.partial(seed_worker, base_seed=self.seed, rank=rank),
+            generator=loader_generator(self.seed),
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
@@ -229,7 +230,7 @@ class SkillDataModule(L.LightningDataModule):
         """All skills pooled (Lightning's val/loss = answer-token loss); per-skill numbers come from the callback."""
         self.setup("validate")
         return DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
-                          collate_fn=SkillCollator(self.tokenizer.pad_id))
+                          collate_fn=SkillCollator(self.tokenizer.pad_id), generator=loader_generator(self.seed))
 
     def skill_val_batches(self, skill: int, rank: int = 0, world: int = 1) -> DataLoader:
         """This rank's shard (items rank, rank+W, ...) of skill `skill`'s validation questions."""
@@ -237,7 +238,7 @@ class SkillDataModule(L.LightningDataModule):
         idx = np.flatnonzero(self.val_dataset.skills == skill)[rank::world]
         subset = torch.utils.data.Subset(self.val_dataset, idx.tolist())
         return DataLoader(subset, batch_size=self.val_batch_size, shuffle=False,
-                          collate_fn=SkillCollator(self.tokenizer.pad_id))
+                          collate_fn=SkillCollator(self.tokenizer.pad_id), generator=loader_generator(self.seed))
 
     # ---- resume ----------------------------------------------------------------------------------------
     def samples_consumed(self) -> int:

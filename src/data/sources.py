@@ -21,11 +21,12 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 
 from src.data.cache import Hasher, file_stamp
@@ -111,15 +112,47 @@ def _get_messages(val: Any, field: str, where: str) -> list[dict[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class Locations:
+    """Where each record of a (shuffled, split) dataset came from, for errors raised long after loading.
+
+    A record's position in a split says nothing to the user; "chats.jsonl line 30" does. `rows[i]` is the source
+    row of the split's record i; `names[row]` its place in a local file, or `f"{prefix} {row}"` (HF datasets).
+    Picklable and small (one int per record, plus the names of local-file records) for `datasets.map` workers.
+    """
+
+    prefix: str
+    rows: np.ndarray  # [N] int64
+    names: tuple[str, ...] | None = None
+
+    def __call__(self, i: int) -> str:
+        row = int(self.rows[i])
+        return self.names[row] if self.names is not None else f"{self.prefix} {row}"
+
+    def take(self, idx: np.ndarray) -> Locations:
+        """The locations of `dataset.select(idx)`."""
+        return replace(self, rows=self.rows[np.asarray(idx, dtype=np.int64)])
+
+    @classmethod
+    def of(cls, n: int, prefix: str, names: list[str] | None = None) -> Locations:
+        return cls(prefix, np.arange(n, dtype=np.int64), tuple(names) if names is not None else None)
+
+
+def locate(locations: Locations | None, i: int) -> str:
+    """The name of record `i` in error messages: its file and line when known, else its position."""
+    return locations(i) if locations is not None else f"record {i}"
+
+
 @dataclass
 class LoadedSource:
     dataset: datasets.Dataset
     fingerprint: str  # stable across runs when the underlying data did not change (tokenization cache key)
     origin: str  # human-readable name for error messages
+    locations: Locations | None = field(default=None, repr=False)  # None: "record <position>"
 
 
 # --- readers --------------------------------------------------------------------------------------------------
-def _read_jsonl(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
+def _read_jsonl(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, encoding="utf-8") as f:
         head = f.read(1)
         while head and head.isspace():
@@ -131,7 +164,7 @@ def _read_jsonl(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: invalid JSON ({e}); fix the file") from None
             for i, rec in enumerate(recs):
-                yield fields.project(rec, f"{path} record {i}")
+                yield f"{path} record {i}", fields.project(rec, f"{path} record {i}")
             return
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -142,10 +175,10 @@ def _read_jsonl(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
                 raise DataError(
                     f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno}); fix the record"
                 ) from None
-            yield fields.project(rec, f"{path} line {lineno}")
+            yield f"{path} line {lineno}", fields.project(rec, f"{path} line {lineno}")
 
 
-def _read_txt(path: str, fields: Fields, split: str) -> Iterator[dict[str, Any]]:
+def _read_txt(path: str, fields: Fields, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if fields.format != "pretrain":
         raise DataError(f"{path}: .txt files hold pretraining text; SFT data must be .jsonl/.json/.parquet")
     try:
@@ -158,12 +191,11 @@ def _read_txt(path: str, fields: Fields, split: str) -> Iterator[dict[str, Any]]
         blocks = [b.strip() for b in _BLANK_LINES.split(text.replace("\r\n", "\n"))]
     else:
         raise DataError(f"txt_split must be 'paragraph' or 'file', got {split!r}")
-    for b in blocks:
-        if b:
-            yield {fields.text: b}
+    for i, b in enumerate(x for x in blocks if x):
+        yield f"{path} {'paragraph' if split == 'paragraph' else 'file'} {i}", {fields.text: b}
 
 
-def _read_parquet(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
+def _read_parquet(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]]]:
     schema_names = pq.read_schema(path).names
     cols = [c for c in fields.columns if c in schema_names]
     if not cols:
@@ -173,7 +205,7 @@ def _read_parquet(path: str, fields: Fields) -> Iterator[dict[str, Any]]:
             fields.project(rec, f"{path} row 0")
         return
     for i, rec in enumerate(pq.read_table(path, columns=cols).to_pylist()):
-        yield fields.project(rec, f"{path} row {i}")
+        yield f"{path} row {i}", fields.project(rec, f"{path} row {i}")
 
 
 def _resolve_files(path: str) -> list[str]:
@@ -194,7 +226,8 @@ def _resolve_files(path: str) -> list[str]:
     return files
 
 
-def _read_file(path: str, fields: Fields, txt_split: str) -> Iterator[dict[str, Any]]:
+def _read_file(path: str, fields: Fields, txt_split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) pairs; `where` ("a.jsonl line 30") names the record in later errors (`Locations`)."""
     ext = Path(path).suffix.lower()
     if ext in TEXT_EXTS:
         return _read_txt(path, fields, txt_split)
@@ -241,23 +274,27 @@ def load_source(spec: str | Mapping[str, Any], fields: Fields, cache_dir: str | 
             raise DataError("data.source.path is not set; pass data.source.path=path/to/train.jsonl")
         files = _resolve_files(str(spec["path"]))
         split = spec.get("txt_split", "paragraph")
-        records = [r for f in files for r in _read_file(f, fields, split)]
+        pairs = [wr for f in files for wr in _read_file(f, fields, split)]
+        records = [r for _, r in pairs]
         fp = Hasher().update_json([[file_stamp(f) for f in files], split, fields.__dict__]).hexdigest()
         origin = files[0] if len(files) == 1 else f"{spec['path']} ({len(files)} files)"
         ds = datasets.Dataset.from_list(records) if records else None
+        locations = Locations.of(len(pairs), origin, [w for w, _ in pairs])
     elif kind == "records":
         origin = "in-memory records"
         records = [fields.project(r, f"record {i}") for i, r in enumerate(spec.get("records") or [])]
         fp = Hasher().update_json([records, fields.__dict__]).hexdigest()
         ds = datasets.Dataset.from_list(records) if records else None
+        locations = Locations.of(len(records), "record")
     else:  # hf
         ds, fp, origin = _load_hf(spec, fields)
+        locations = Locations.of(len(ds), f"{origin} row")
     if ds is None or len(ds) == 0:
         raise DataError(
             f"{origin}: the dataset is empty (no records with the fields {fields.columns}); point data.source at "
             "a non-empty file or dataset"
         )
-    return LoadedSource(ds, fp, origin)
+    return LoadedSource(ds, fp, origin, locations)
 
 
 def _load_hf(spec: dict[str, Any], fields: Fields) -> tuple[datasets.Dataset, str, str]:

@@ -16,7 +16,7 @@ import datasets
 
 from src.data.cache import Hasher
 from src.data.errors import DataError
-from src.data.sources import Fields
+from src.data.sources import Fields, Locations, locate
 from src.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,16 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
 class TextTokenize:
     """Picklable batched map function: `text -> input_ids` (no specials; the eos is added when packing)."""
 
-    def __init__(self, tok: Tokenizer, fields: Fields) -> None:
-        self.tok, self.fields = tok, fields
+    def __init__(self, tok: Tokenizer, fields: Fields, locations: Locations | None = None) -> None:
+        self.tok, self.fields, self.locations = tok, fields, locations
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[list[int]]]:
         texts = batch[self.fields.text]
         for j, t in enumerate(texts):
             if not isinstance(t, str):
                 raise DataError(
-                    f'record {indices[j]}: field "{self.fields.text}" must be a string, got {type(t).__name__}; '
-                    "fix the record"
+                    f'{locate(self.locations, indices[j])}: field "{self.fields.text}" must be a string, got '
+                    f"{type(t).__name__}; fix the record"
                 )
         return {"input_ids": self.tok.encode_batch(texts)}
 

@@ -267,11 +267,13 @@ def build_tokenizer(cfg: Mapping[str, Any], texts_for_training: TextsArg, cache_
     extras = tuple(cfg.get("extra_special_tokens") or ())
     if pretrained:
         want_mask = bool(cfg.get("mask", False))
-        add = SpecialTokens(mask="<|mask|>" if want_mask else None, n_reserved_pads=n_pads, extras=extras)
+        add = SpecialTokens(mask=SpecialTokens.mask if want_mask else None, n_reserved_pads=n_pads, extras=extras)
         return load_pretrained(str(pretrained), cfg.get("gguf_file"), cache_dir, add_specials=add)
     if cfg.get("vocab_size") is None:
         raise DataError("data.tokenizer needs either vocab_size (train a BPE) or pretrained (load one)")
-    specials = SpecialTokens(mask="<|mask|>" if cfg.get("mask", True) else None, n_reserved_pads=n_pads, extras=extras)
+    specials = SpecialTokens(
+        mask=SpecialTokens.mask if cfg.get("mask", True) else None, n_reserved_pads=n_pads, extras=extras
+    )
     texts = texts_for_training() if callable(texts_for_training) else texts_for_training
     if texts is None:
         raise DataError("training a BPE tokenizer needs texts; none were given")

@@ -9,6 +9,29 @@ class CheckpointNotFoundError(FileNotFoundError):
     pass
 
 
+class RunDirTakenError(FileExistsError):
+    pass
+
+
+def ensure_fresh_run_dir(output_dir: str | Path) -> None:
+    """Refuse to start a new run (no checkpoint to resume) in a run dir that already holds another run's results.
+
+    Run names are unique per launch, so this only happens when two launches are given one name: a fixed
+    `hydra.run.dir`, a reused `TOKENSMITH_RUN_NAME`, or two `python train.py` lines in one SLURM batch script that
+    are not separate `srun` steps (both are named after the job id). Training on would overwrite the first run's
+    last.ckpt and metrics.json; stopping costs nothing.
+    """
+    out = Path(output_dir)
+    taken = [name for name in ("checkpoints/last.ckpt", "metrics.json") if (out / name).exists()]
+    if taken:
+        raise RunDirTakenError(
+            f"run dir {out} already holds another run ({', '.join(taken)}); a new run would overwrite it. "
+            "To continue that run pass ckpt_path=last; for a new run use a new directory (drop hydra.run.dir / "
+            "TOKENSMITH_RUN_NAME, or set another); under SLURM start each launch of a batch script with its own "
+            "`srun` (each step gets its own run dir, slurm-<job>.<step>)."
+        )
+
+
 def is_checkpoint(path: Path) -> bool:
     """A checkpoint file, or a directory of shards written in place of one: DeepSpeed's (it holds a `latest`
     file) or FSDP2's torch.distributed.checkpoint directory (it holds `.metadata`)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from hydra.errors import InstantiationException
 
 from src.data.errors import DataError
-from src.runtime.checkpoints import CheckpointNotFoundError
+from src.runtime.checkpoints import CheckpointNotFoundError, RunDirTakenError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, CheckpointNotFoundError, InstantiationException)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DataError, CheckpointNotFoundError, RunDirTakenError, InstantiationException
+)

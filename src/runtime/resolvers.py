@@ -4,7 +4,11 @@
 re-resolves per process: DDP ranks started by `srun` (or re-executed by Lightning) would each compute their
 own timestamp and split one run over several directories. The name is computed once per process tree and
 handed to child processes through the environment; under SLURM it is the job id, which every rank and every
-requeue of the job shares, so a requeued job finds its own checkpoints again.
+requeue of the job shares, so a requeued job finds its own checkpoints again. A job that runs several `srun`
+steps gets one name per step (`slurm-<job>.<step>` for steps 1, 2, ...; step ids start again at 0 when the job is
+requeued, measured on the local cluster), so successive launches in one sbatch script never share a run dir.
+Launches that are not their own step (two plain `python train.py` lines in one batch script) would share one;
+`src.runtime.checkpoints.ensure_fresh_run_dir` refuses the second instead of letting it overwrite the first.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ def run_name() -> str:
         name = f"slurm-{job}"
     else:
         name = f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
+    step = os.environ.get("SLURM_STEP_ID", "")
+    if job and step.isdigit() and int(step) > 0:  # srun steps 1, 2, ...; step 0 keeps the plain job name
+        name = f"{name}.{step}"
     os.environ[RUN_NAME_ENV] = name
     return name
 

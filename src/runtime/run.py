@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from src.runtime.checkpoints import resolve_ckpt_path
+from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path
 from src.runtime.environment import configure_environment
 from src.runtime.preemption import auto_resume_ckpt, cluster_plugins, find_preemption_callback
 from src.runtime.wandb_resume import pin_wandb_run_id
@@ -79,6 +79,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     ckpt = resolve_ckpt_path(
         cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
     ) or auto_resume_ckpt(output_dir)  # a preempted / requeued run continues from its own run dir
+    if ckpt is None:
+        ensure_fresh_run_dir(output_dir)  # never overwrite another launch's results (src/runtime/checkpoints.py)
     pin_wandb_run_id(cfg, output_dir, ckpt)  # the same W&B run across requeues (src/runtime/wandb_resume.py)
     datamodule, module, trainer = build_components(cfg)
     preemption = find_preemption_callback(trainer.callbacks)

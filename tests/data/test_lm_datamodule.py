@@ -107,6 +107,25 @@ def test_sft_end_to_end_masks_prompts_and_pads(tmp_path):
     assert dm.sample_prompts()[0].startswith("Q")
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_too_long_prompt_error_names_file_and_line(tmp_path, split):
+    """The records are shuffled into train/val before tokenization; the error must still point at the file line."""
+    recs = [{"prompt": f"Q{i}: who went to the park?", "response": " Tom went home."} for i in range(40)]
+    kw = dict(format="sft", tokenizer={"vocab_size": 300}, seq_len=24, batch_size=4, seed=1, val_fraction=0.1,
+              cache_dir=str(tmp_path / "c"))
+    probe = LMDataModule({"kind": "file", "path": str(write_jsonl(tmp_path / "p.jsonl", recs))}, **kw)
+    _, val = probe._raw_splits()
+    in_val = {q.split(":")[0] for q in val.dataset["prompt"]}
+    bad = next(i for i in range(40) if (f"Q{i}" in in_val) == (split == "val") and i > 3)  # a record of that split
+    recs[bad]["prompt"] = "Q: " + "who went to the park and the beach? " * 6
+    path = write_jsonl(tmp_path / "sft.jsonl", recs)
+    dm = LMDataModule({"kind": "file", "path": str(path)}, **kw)
+    with pytest.raises(DataError) as e:
+        dm.setup("fit")
+    assert f"{path} line {bad + 1}: the prompt alone fills data.seq_len=24" in str(e.value)
+    assert "drop_long_prompts" in str(e.value)
+
+
 def test_empty_source_is_a_clear_error(tmp_path):
     (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
     dm = LMDataModule(str(tmp_path / "e.jsonl"), cache_dir=str(tmp_path))
@@ -182,3 +201,69 @@ def test_lightning_resume_sees_the_same_batches_as_an_uninterrupted_run(tmp_path
     rest, _ = fit(6, str(tmp_path / "c.ckpt"))
     assert len(first) == 8 and len(rest) == 4  # micro-batches: 2 per optimizer step
     assert all(torch.equal(a, b) for a, b in zip(full, first + rest))
+
+
+def test_hf_dataset_source_trains_and_names_rows_in_errors(tmp_path):
+    """`kind: hf` goes through `datasets.load_dataset` (here its parquet builder on a local file, offline)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prompts = [f"Q{i}: who went to the park?" for i in range(30)]
+    pq.write_table(pa.table({"prompt": prompts, "response": [" Tom went home."] * 30, "extra": list(range(30))}),
+                   tmp_path / "d.parquet")
+    src = {"kind": "hf", "name": "parquet", "data_files": str(tmp_path / "d.parquet"), "max_records": 25}
+    kw = dict(format="sft", tokenizer={"vocab_size": 300}, seq_len=24, batch_size=4, seed=1, val_fraction=0.2,
+              cache_dir=str(tmp_path / "c"))
+    dm = LMDataModule(src, **kw)
+    dm.setup("fit")
+    assert len(dm.train_dataset) + len(dm.val_dataset) == 25  # max_records, split 20/5
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 4
+    prompts[17] = "Q: " + "who went to the park and the beach? " * 6
+    pq.write_table(pa.table({"prompt": prompts, "response": [" Tom went home."] * 30}), tmp_path / "e.parquet")
+    bad = LMDataModule({**src, "data_files": str(tmp_path / "e.parquet")}, **kw)
+    with pytest.raises(DataError, match=r"HF dataset parquet row 17: the prompt alone fills data.seq_len=24"):
+        bad.setup("fit")
+    with pytest.raises(DataError, match=r'SFT needs a "messages" column or "prompt"\+"answer" columns .*found'):
+        LMDataModule({**src, "data_files": str(tmp_path / "e.parquet")}, **(kw | {"format": "sft"}),
+                     response_field="answer").setup("fit")
+
+
+def test_tokenization_is_cached_and_reused(tmp_path, corpus, monkeypatch):
+    """A second launch on the same data and tokenizer reads the tokenized Arrow file instead of re-tokenizing."""
+    from src.data import tokenized
+
+    first = _pretrain_dm(tmp_path, corpus)
+    first.setup("fit")
+    assert list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
+    args = dict(source=first.source, tokenizer={"vocab_size": 300}, seq_len=32, batch_size=4, val_fraction=0.1,
+                seed=0, cache_dir=str(tmp_path / "cache"))  # the same file, not rewritten (its mtime is in the key)
+
+    def boom(self, batch, indices):
+        raise AssertionError("re-tokenized although the cache holds this exact dataset")
+
+    monkeypatch.setattr(tokenized.TextTokenize, "__call__", boom)
+    again = LMDataModule(**args)
+    again.setup("fit")
+    a, b = next(iter(first.train_dataloader())), next(iter(again.train_dataloader()))
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    changed = LMDataModule(**(args | {"seed": 5}))  # another split: other records, so it must tokenize (and fail)
+    with pytest.raises(AssertionError, match="re-tokenized"):
+        changed.setup("fit")
+
+
+def test_seed_worker_streams_are_distinct_and_reproducible():
+    """Every (base seed, rank, worker) gets its own python/numpy/torch stream, the same on every launch."""
+    import random
+
+    import numpy as np
+
+    from src.data.lm_datamodule import seed_worker
+
+    def draws(base, rank, worker):
+        seed_worker(worker, base_seed=base, rank=rank)
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    keys = [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0)]
+    streams = [draws(*k) for k in keys]
+    assert len({s for stream in streams for s in stream}) == 3 * len(keys)
+    assert [draws(*k) for k in keys] == streams

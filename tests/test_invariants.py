@@ -160,3 +160,45 @@ def test_resume_matches_uninterrupted_run(strategy: str, ddp: Path, tmp_path: Pa
     wa, wb = final_weights(ddp), final_weights(run)
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
+# Gradient clipping. AdamW hardly depends on the gradient's scale, so the tests above cannot tell whether a strategy
+# clips by the right norm. With plain SGD and a threshold far below the gradient norm, every update is
+# lr * CLIP * g / |g|: a strategy that got the global norm wrong (e.g. a rank's local shard norm, ~1/sqrt(2) of it
+# here) moves the weights by a different amount. SGD does not amplify round-off, so the tolerance is tight.
+CLIP = 0.05
+SGD = ["method.optimizer._target_=torch.optim.SGD", "~method.optimizer.betas", "method.optimizer.weight_decay=0",
+       "method.optimizer.lr=2.0"]
+# Measured (2026-11-23): every strategy 7.5e-9 from the single process (one float32 ulp); the sqrt(2) threshold
+# 8.1e-3 away, no clipping 0.79 away.
+CLIP_WEIGHT_ATOL = 1e-6
+
+
+def _clipped(corpus: Path, clip: float) -> list[str]:
+    return [*common(corpus), *SGD, f"trainer.gradient_clip_val={clip}"]
+
+
+@pytest.fixture(scope="module")
+def clipped_single(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_subprocess(tmp_path_factory.mktemp("clip_single"),
+                            [*_clipped(corpus, CLIP), f"data.batch_size={GLOBAL_BATCH}"])
+
+
+def _max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wb[n] - wa[n]).abs().max()) for n in wa)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_gradient_clipping_uses_the_global_norm(strategy: str, clipped_single: Path, tmp_path: Path,
+                                                corpus: Path) -> None:
+    """Clipped SGD over 2 processes ends at the single-process weights; a threshold sqrt(2) larger (what a
+    local-shard norm would amount to) ends far away, so the comparison can tell the norms apart."""
+    if strategy == "ddp":  # the sensitivity check, once: same run with the threshold scaled by sqrt(2)
+        off = train_subprocess(tmp_path / "off", [*_clipped(corpus, CLIP * 2**0.5), f"data.batch_size={GLOBAL_BATCH}"])
+        assert _max_weight_diff(clipped_single, off) > 100 * CLIP_WEIGHT_ATOL
+    run = train_subprocess(tmp_path / strategy, [*_clipped(corpus, CLIP), *two_processes(strategy)])
+    diff = _max_weight_diff(clipped_single, run)
+    print(f"\nclipped SGD, {strategy} vs one process: max |Δ| weights {diff:.2g}")
+    assert diff < CLIP_WEIGHT_ATOL

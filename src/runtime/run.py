@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks.accumulation import AccumulationAlignment
 from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path
 from src.runtime.environment import configure_environment
 from src.runtime.preemption import auto_resume_ckpt, cluster_plugins, find_preemption_callback
@@ -53,6 +54,7 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     # curriculum=<name> may bring the callback that drives its data mixture (conf/curriculum/, docs/skillit.md)
     if (cfg.get("curriculum") or {}).get("callback"):
         callbacks.append(instantiate(cfg.curriculum.callback))
+    callbacks.append(AccumulationAlignment())  # resume with another accumulation (src/callbacks/accumulation.py)
     callbacks, bar = progress_bar_switch(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = cluster_plugins(callbacks)  # under SLURM: our preemption callback alone owns requeue

@@ -71,6 +71,24 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None) -> pl.Trainer:  # noqa: ANN001
     return trainer
 
 
+class _ValSteps(pl.Callback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, *args: object) -> None:
+        self.steps.append(int(trainer.global_step))
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_val_check_interval_counts_optimizer_steps(tmp_path: Path, accumulate: int) -> None:
+    """Validation every 4 optimizer steps, as checkpoints and curricula count, also under accumulation (Lightning
+    alone counts micro-batches: with accumulation 3 it validated every 4/3 steps, inside accumulation windows)."""
+    probe = _ValSteps()
+    _fit(compose_cfg([*TINY, "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=1",
+                      f"trainer.accumulate_grad_batches={accumulate}"], tmp_path), extra_callbacks=[probe])
+    assert probe.steps == [4, 8]
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     """2N straight == N, stop, resume from last.ckpt, N more: same losses at every step after resume.
 

@@ -41,6 +41,16 @@ def progress_bar_switch(callbacks: list[Any], enabled: bool) -> tuple[list[Any],
     return callbacks, any(isinstance(c, ProgressBar) for c in callbacks)
 
 
+def val_interval_in_batches(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """`trainer.val_check_interval` counts optimizer steps here, like max_steps, checkpoints and the curricula's
+    evaluations; Lightning counts it in micro-batches. Under accumulation the two differ (accumulate 2: validation
+    every 2 instead of 4 steps, in the middle of an accumulation window), so the int is converted."""
+    interval, acc = trainer_cfg.get("val_check_interval"), int(trainer_cfg.get("accumulate_grad_batches") or 1)
+    if isinstance(interval, int) and acc > 1:
+        return {"val_check_interval": interval * acc}
+    return {}
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate data → tokenizer → backbone → objective → trainer, in the order their sizes depend on."""
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -60,7 +70,7 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     plugins = cluster_plugins(callbacks)  # under SLURM: our preemption callback alone owns requeue
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg.strategy),
-        enable_progress_bar=bar,
+        enable_progress_bar=bar, **val_interval_in_batches(cfg.trainer),
         **({"plugins": plugins} if plugins else {}),
     )
     return datamodule, module, trainer

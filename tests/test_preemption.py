@@ -145,3 +145,38 @@ def test_sharded_fsdp_run_is_preempted_into_its_checkpoint_and_resumes(tmp_path:
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in (run / "train.log").read_text()
     assert json.loads((run / "metrics.json").read_text())["steps"] == end
+
+
+def _two_stage(run_dir: Path, signal_ft_step: int | None = None) -> dict:
+    """The two-stage StochasTok recipe (pretrain 3 steps, fine-tune 6), tiny; optionally signalled in stage 2."""
+    cfg = compose_cfg([
+        "experiment=stochastok/langgame", "debug=smoke", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
+        "callbacks.run_artifacts.sample_max_new_tokens=0", "model.d_model=32", "model.n_layers=1",
+        "trainer.max_steps=3", "trainer.val_check_interval=3", "finetune.trainer.max_steps=6",
+        "finetune.trainer.val_check_interval=3", "finetune.callbacks.langgame_eval.n_per_game=4",
+    ], run_dir)
+    if signal_ft_step is not None:
+        with open_dict(cfg):
+            cfg.finetune.callbacks.signal_sender = {"_target_": f"{__name__}.SignalMidWindow",
+                                                    "step": signal_ft_step, "signum": int(signal.SIGTERM)}
+    return run_training(cfg)
+
+
+def test_two_stage_run_preempted_in_stage_two_resumes_there(tmp_path: Path) -> None:
+    """SIGTERM during fine-tuning: stage 2 checkpoints and exits; the same command in the same run dir restores
+    the finished stage 1 (training nothing, its metrics kept) and continues stage 2 from step 5, ending where an
+    uninterrupted two-stage run ends."""
+    torch.set_num_threads(1)
+    straight = _two_stage(tmp_path / "straight")
+    run_dir = tmp_path / "preempted"
+    with pytest.raises(Preempted):
+        _two_stage(run_dir, signal_ft_step=5)  # signalled on stage 2's 5th batch (an even batch_idx: 4)
+    (record,) = json.loads((run_dir / "finetune" / RECORD_FILE).read_text())
+    assert record["step"] == 5 and not (run_dir / "finetune" / "metrics.json").exists()
+    stage_one = json.loads((run_dir / "metrics.json").read_text())
+    resumed = _two_stage(run_dir)
+    assert {k: v for k, v in resumed.items() if not k.startswith("finetune/")} | {"wall_time_s": 0} == \
+        stage_one | {"wall_time_s": 0}  # stage 1 was restored, not retrained or rewritten
+    assert resumed["finetune/steps"] == straight["finetune/steps"] == 6
+    for key in ("finetune/train/loss", "finetune/val/loss", "train/loss", "val/loss"):
+        assert resumed[key] == pytest.approx(straight[key], rel=0, abs=1e-5), key

@@ -32,6 +32,7 @@ class RunArtifacts(Callback):
         self._elapsed_before = 0.0
         self._seen_step = 0
         self._micro: list[float] = []  # this optimizer step's micro-batch losses
+        self._worked = False  # did this fit train or validate at all?
 
     # ---- state travels with checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -51,6 +52,7 @@ class RunArtifacts(Callback):
     # ---- recording -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._worked = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seen_step = trainer.global_step  # a resumed run continues after its restored history
@@ -63,6 +65,7 @@ class RunArtifacts(Callback):
             return
         # Lightning hands back the loss divided by the accumulation count; undo it, then average the micro-batches
         # of one optimizer step, and over ranks, so the history is the step loss whatever the batch split.
+        self._worked = True
         self._micro.append(float(loss.detach()) * trainer.accumulate_grad_batches)
         if trainer.global_step == self._seen_step:
             return  # still inside an accumulation window
@@ -78,14 +81,20 @@ class RunArtifacts(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         val = trainer.callback_metrics.get("val/loss")
         if val is not None and not trainer.sanity_checking:
+            self._worked = True
             self.val_history.append((trainer.global_step, float(val)))
 
     # ---- writing -------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out = Path(trainer.default_root_dir)
+        if not self._worked and (out / "metrics.json").is_file():
+            # A finished run resumed again (a requeued job, `ckpt_path=last` at max_steps, a two-stage run going on
+            # to its second stage): nothing happened, and the checkpoint predates the last validation, so a
+            # rewrite would replace the run's final numbers with older ones. Keep what the run wrote.
+            return
         samples = self._samples(trainer, pl_module)  # every rank runs the model (sharded strategies need it)
         if trainer.global_rank != 0:
             return
-        out = Path(trainer.default_root_dir)
         metrics = self.summary(trainer)
         for cb in trainer.callbacks:  # e.g. per-skill accuracy from src/callbacks/skillit.py
             if cb is not self and callable(getattr(cb, "summary_metrics", None)):

@@ -4,8 +4,12 @@
 own config for the second stage (e.g. `data.stage: finetune`, `data.stochastok.p: 0`, fewer steps, another lr).
 The second stage builds its components exactly like the first (`build_components`), copies the pretrained
 backbone weights in, runs in `<run dir>/finetune/`, and its metrics are merged into the run's metrics.json
-with a `finetune/` prefix, so a sweep's table reads one file per job. Resuming a two-stage run mid-way is not
-supported: re-run, or chain two runs by hand.
+with a `finetune/` prefix, so a sweep's table reads one file per job.
+
+Resume: when the run resumes (a requeued or preempted job, or `ckpt_path=last`), stage 1 continues from its
+checkpoint — a finished stage 1 restores its final weights and trains nothing — and stage 2 continues from
+`<run dir>/finetune/checkpoints/last.ckpt` if it had started; a preemption record in either stage's dir makes a
+plain relaunch resume (src/runtime/preemption.py).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.cache import atomic_write_text
+from src.runtime.checkpoints import ensure_fresh_run_dir, is_checkpoint
 
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("data", "trainer", "method", "callbacks", "model")
+FINETUNE_DIR = "finetune"  # the second stage's run dir, inside the run's
 
 
 def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
@@ -33,19 +39,25 @@ def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
     base = OmegaConf.to_container(cfg, resolve=False)
     base["finetune"] = None
     merged = OmegaConf.merge(OmegaConf.create(base), {k: ft[k] for k in ft})
-    merged.paths.output_dir = str(output_dir / "finetune")
+    merged.paths.output_dir = str(output_dir / FINETUNE_DIR)
     return merged
 
 
-def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Path) -> dict[str, Any]:
-    """Fine-tune `pretrained`'s backbone under `cfg.finetune`; returns the merged metrics."""
-    from src.runtime.run import build_components  # run.py calls us: import lazily
+def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Path,
+                 resumed: bool = False) -> dict[str, Any]:
+    """Fine-tune `pretrained`'s backbone under `cfg.finetune`; returns the merged metrics. `resumed`: stage 1
+    continued from a checkpoint, so stage 2 continues from its own last checkpoint when it has one."""
+    from src.runtime.run import build_components, fit  # run.py calls us: import lazily
 
     ft_cfg = finetune_config(cfg, output_dir)
     datamodule, module, trainer = build_components(ft_cfg)
-    module.backbone.load_state_dict(pretrained.backbone.state_dict())
+    own = Path(ft_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = str(own) if resumed and is_checkpoint(own) else None
+    if ckpt is None:
+        ensure_fresh_run_dir(ft_cfg.paths.output_dir)
+        module.backbone.load_state_dict(pretrained.backbone.state_dict())
     log.info("fine-tuning stage -> %s", ft_cfg.paths.output_dir)
-    trainer.fit(module, datamodule=datamodule)
+    fit(trainer, module, datamodule, ckpt)
     pre_file, ft_file = output_dir / "metrics.json", Path(ft_cfg.paths.output_dir) / "metrics.json"
     metrics = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
     if ft_file.is_file():

@@ -211,13 +211,16 @@ def cluster_plugins(callbacks: Sequence[Callback]) -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
-def auto_resume_ckpt(output_dir: str | Path) -> str | None:
+def auto_resume_ckpt(output_dir: str | Path, also: Sequence[str] = ()) -> str | None:
     """The checkpoint a restarted run continues from without being told (`ckpt_path=null`).
 
-    Only a run that was interrupted resumes by itself: its run dir holds a preemption record, or SLURM says this
-    is a requeued attempt (`SLURM_RESTART_COUNT` > 0, e.g. after a node failure that left no record). A fresh
-    run dir never has a last.ckpt, so a new launch is unaffected.
+    Only a run that was interrupted resumes by itself: its run dir (or one of the sub-dirs `also`, e.g. a two-stage
+    run's `finetune/`) holds a preemption record, or SLURM says this is a requeued attempt (`SLURM_RESTART_COUNT` >
+    0, e.g. after a node failure that left no record). A fresh run dir never has a last.ckpt, so a new launch is
+    unaffected.
     """
-    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
-    restarted = (Path(output_dir) / RECORD_FILE).is_file() or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    out = Path(output_dir)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    recorded = any((out / d / RECORD_FILE).is_file() for d in (".", *also))
+    restarted = recorded or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
     return str(ckpt) if restarted and ckpt.exists() else None

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.callbacks.accumulation import AccumulationAlignment
 from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path
 from src.runtime.environment import configure_environment
+from src.runtime.finetune import FINETUNE_DIR, run_finetune
 from src.runtime.preemption import auto_resume_ckpt, cluster_plugins, find_preemption_callback
 from src.runtime.wandb_resume import pin_wandb_run_id
 
@@ -83,23 +84,12 @@ def write_run_metadata(cfg: DictConfig, output_dir: Path) -> None:
     (output_dir / "command.txt").write_text(" ".join(sys.argv) + "\n")
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Train, return metrics.json's content (also used as the Hydra sweep return value)."""
-    output_dir = Path(cfg.paths.output_dir)
-    configure_environment(cfg.paths.cache_dir, output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-    ckpt = resolve_ckpt_path(
-        cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-    ) or auto_resume_ckpt(output_dir)  # a preempted / requeued run continues from its own run dir
-    if ckpt is None:
-        ensure_fresh_run_dir(output_dir)  # never overwrite another launch's results (src/runtime/checkpoints.py)
-    pin_wandb_run_id(cfg, output_dir, ckpt)  # the same W&B run across requeues (src/runtime/wandb_resume.py)
-    datamodule, module, trainer = build_components(cfg)
+def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
+        ckpt: str | None) -> None:
+    """`trainer.fit` with the preemption callback (if configured) owning SIGTERM/SIGUSR1/SIGUSR2 meanwhile."""
     preemption = find_preemption_callback(trainer.callbacks)
     if preemption is not None:
         preemption.arm()  # replaces submitit's handlers now, before data set-up (src/runtime/preemption.py)
-    if trainer.global_rank == 0:
-        write_run_metadata(cfg, output_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)
     try:
@@ -107,9 +97,24 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if preemption is not None:
             preemption.disarm()  # Lightning's teardown re-installs whatever it found, i.e. our handler
-    if cfg.get("finetune"):  # two-stage recipe (src/runtime/finetune.py), e.g. conf/experiment/stochastok/
-        from src.runtime.finetune import run_finetune
 
-        return run_finetune(cfg, module, output_dir)
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """Train, return metrics.json's content (also used as the Hydra sweep return value)."""
+    output_dir = Path(cfg.paths.output_dir)
+    configure_environment(cfg.paths.cache_dir, output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    ckpt = resolve_ckpt_path(
+        cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    ) or auto_resume_ckpt(output_dir, also=[FINETUNE_DIR] if cfg.get("finetune") else [])  # preempted / requeued
+    if ckpt is None:
+        ensure_fresh_run_dir(output_dir)  # never overwrite another launch's results (src/runtime/checkpoints.py)
+    pin_wandb_run_id(cfg, output_dir, ckpt)  # the same W&B run across requeues (src/runtime/wandb_resume.py)
+    datamodule, module, trainer = build_components(cfg)
+    if trainer.global_rank == 0:
+        write_run_metadata(cfg, output_dir)
+    fit(trainer, module, datamodule, ckpt)
+    if cfg.get("finetune"):  # two-stage recipe (src/runtime/finetune.py), e.g. conf/experiment/stochastok/
+        return run_finetune(cfg, module, output_dir, resumed=ckpt is not None)
     metrics_file = output_dir / "metrics.json"
     return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}

@@ -71,7 +71,7 @@ def plots(runs: dict[str, list[dict]], img: Path, prefix: str) -> None:
     for ax, (cur, rs) in zip(axes[0], mixing.items()):
         r = rs[0]
         end = r["evals"][-1]["step"]
-        xs = [m["step"] for m in r["mixtures"]] + [end]
+        xs = [m.get("applies_from_step", m["step"]) for m in r["mixtures"]] + [end]
         for i, n in enumerate(names):
             ys = [m["weights"][i] for m in r["mixtures"]]
             ax.step(xs, ys + ys[-1:], where="post", label=n)

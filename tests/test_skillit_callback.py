@@ -108,13 +108,58 @@ class _DumpMixtures(pl.Callback):
             json.dumps({"mixtures": cb.mixtures, "evals": cb.evals, "schedule": sched}))
 
 
-def test_two_ddp_ranks_use_identical_weights(tmp_path: Path) -> None:
-    cfg = compose_cfg([*TINY, "trainer.devices=2", "strategy.name=ddp_spawn", "trainer.max_steps=6",
-                       "skillit.rounds=3"], tmp_path / "run")
+def _dump_run(overrides: list[str], run_dir: Path, dump: Path) -> None:
+    cfg = compose_cfg([*TINY, "data.n_val_per_skill=7", "skillit.rounds=3", *overrides], run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     dm, module, trainer = build_components(cfg)
-    trainer.callbacks.append(_DumpMixtures(str(tmp_path)))
+    trainer.callbacks.append(_DumpMixtures(str(dump)))
     trainer.fit(module, datamodule=dm)
+
+
+def test_two_ddp_ranks_use_identical_weights(tmp_path: Path) -> None:
+    """7 validation questions per skill: the ranks' shards hold 4 and 3, so only a sum-then-divide reduction gives
+    the single process's step-0 losses (a mean of the two shard means would not)."""
+    _dump_run(["trainer.devices=2", "strategy.name=ddp_spawn", "trainer.max_steps=6"], tmp_path / "run",
+              tmp_path)
+    (tmp_path / "single").mkdir()
+    _dump_run(["trainer.max_steps=1"], tmp_path / "run1", tmp_path / "single")
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(r0["mixtures"]) == 3 and r0["mixtures"][1]["weights"] != r0["mixtures"][0]["weights"]
     assert r0 == r1  # same evaluations (all-reduced), same weights, same switch positions on both ranks
+    one = json.loads((tmp_path / "single" / "rank0.json").read_text())
+    assert r0["evals"][0]["step"] == one["evals"][0]["step"] == 0  # the untrained model, same initial weights
+    for key in ("loss", "acc"):
+        np.testing.assert_allclose(r0["evals"][0][key], one["evals"][0][key], rtol=1e-5, atol=1e-7)
+
+
+def test_mixture_switch_reduces_an_exact_position_on_the_strategy_device() -> None:
+    """The all-reduce of the switch position must run on the strategy's device (NCCL refuses CPU tensors) and in
+    int64 (float32 rounds positions above 2**24); the record says from which step the new mixture trains."""
+    from types import SimpleNamespace
+
+    seen: dict[str, torch.Tensor] = {}
+    pos = 2**24 + 1  # float32 would make it 2**24
+
+    def reduce(t: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        seen["t"] = t
+        return torch.tensor(pos, dtype=torch.long)
+
+    class DM:
+        batch_size, skill_names = 8, ["s1", "s2"]
+        sampler = SimpleNamespace(next_undrawn_position=lambda: pos)
+
+        def set_mixture(self, w: np.ndarray, from_position: int | None = None) -> int:
+            self.w, self.pos = w, from_position
+            return from_position
+
+        def current_weights(self) -> np.ndarray:
+            return self.w
+
+    dm = DM()
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta"), reduce=reduce),
+                              accumulate_grad_batches=2, world_size=1, max_steps=10**7, loggers=[])
+    cb = SkillItCallback(rounds=4)
+    cb._set_mixture_everywhere(trainer, dm, np.array([0.25, 0.75]), step=1_048_000)
+    assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.long
+    assert dm.pos == pos
+    assert cb.mixtures[-1]["applies_from_step"] == -(-pos // 16)  # 16 samples per optimizer step

@@ -13,7 +13,10 @@ evaluated, makes the resumed run redo exactly what the uninterrupted one did.
 
 The mixture change reaches the data through `SkillDataModule.set_mixture(weights, from_position)`, with the
 position = the max over ranks of the next sample not yet drawn (prefetch, workers), so all ranks switch at the
-same global sample and a resumed run replays the same schedule (src/data/skill_sampler.py).
+same global sample and a resumed run replays the same schedule (src/data/skill_sampler.py). Batches already
+prefetched keep the old mixture: the new one trains from `applies_from_step`, recorded with each change (measured
+2 steps after the decision with `num_workers=0`, 2 + prefetch_factor x num_workers with workers). The plots and
+skills.json use that step; a warning says when the lag is a large share of a round.
 """
 
 from __future__ import annotations
@@ -151,17 +154,28 @@ class SkillEvalCallback(Callback):
             lg.log_metrics(metrics, step=step)
 
     def _record_mixture(self, trainer: pl.Trainer, dm: Any, step: int, position: int) -> None:
+        """`step`: when the change was decided; `applies_from_step`: the first step trained on the new mixture
+        only (samples up to `position` were drawn, some prefetched, with the old one)."""
         w = [float(x) for x in dm.current_weights()]
-        self.mixtures.append({"step": step, "position": int(position), "weights": w})
+        per_step = int(dm.batch_size) * int(trainer.accumulate_grad_batches) * int(trainer.world_size)
+        applies = max(step, -(-int(position) // per_step))  # ceil
+        self.mixtures.append({"step": step, "applies_from_step": applies, "position": int(position), "weights": w})
+        round_len = max(1, int(trainer.max_steps) // max(1, int(getattr(self, "rounds", 1))))
+        if applies - step > 0.1 * round_len:
+            log.warning("mixture decided at step %d trains from step %d (prefetched batches keep the old one): "
+                        "%d of a %d-step round; fewer data.num_workers or longer rounds shorten the lag",
+                        step, applies, applies - step, round_len)
         for lg in trainer.loggers:
-            lg.log_metrics({f"skill/weight_{n}": x for n, x in zip(dm.skill_names, w)}, step=step)
+            lg.log_metrics({f"skill/weight_{n}": x for n, x in zip(dm.skill_names, w)}, step=applies)
 
     def _set_mixture_everywhere(self, trainer: pl.Trainer, dm: Any, weights: np.ndarray, step: int) -> None:
         """Switch every rank at the same global position: the max over ranks of the next undrawn one."""
         if dm.sampler is None:
             pos = dm.set_mixture(weights)
         else:
-            mine = torch.tensor(float(dm.sampler.next_undrawn_position()))
+            # long (float32 rounds positions above 2**24) and on the strategy's device (NCCL refuses CPU tensors)
+            mine = torch.tensor(dm.sampler.next_undrawn_position(), dtype=torch.long,
+                                device=trainer.strategy.root_device)
             pos = dm.set_mixture(weights, int(trainer.strategy.reduce(mine, reduce_op="max").item()))
         self._record_mixture(trainer, dm, step, pos)
 
@@ -332,8 +346,9 @@ def plot_skill_history(evals: list[dict], mixtures: list[dict], names: list[str]
     _save(fig, out / "skill_accuracy.png")
     if mixtures:
         fig, ax = plt.subplots(figsize=(7, 4))
-        end = max(steps[-1] if steps else 0, mixtures[-1]["step"] + 1)
-        xs = [m["step"] for m in mixtures] + [end]
+        xs = [m.get("applies_from_step", m["step"]) for m in mixtures]
+        end = max(steps[-1] if steps else 0, xs[-1] + 1)
+        xs = [*xs, end]
         for i, n in enumerate(names):
             ys = [m["weights"][i] for m in mixtures]
             ax.step(xs, ys + ys[-1:], where="post", label=n)

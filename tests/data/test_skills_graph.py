@@ -43,8 +43,9 @@ def test_initial_mixture_is_softmax_of_eta_times_row_sums() -> None:
 def test_window_is_recomputed_not_multiplied_and_target_mask_selects_columns() -> None:
     a = np.asarray(LEGO_GRAPH)
     window = np.array([[0.7, 0.69, 0.1, 0.69, 0.69]] * 3)
-    # a function of the window only: same window → same p, whatever came before
-    np.testing.assert_array_equal(skillit_mixture(a, window, 0.5), skillit_mixture(a, window.copy(), 0.5))
+    # recomputed from the window alone: p ∝ exp(η A Σ_τ L(τ)), with no trace of an earlier mixture
+    expected = np.exp(0.5 * a @ window.sum(axis=0))
+    np.testing.assert_allclose(skillit_mixture(a, window, 0.5), expected / expected.sum(), rtol=1e-12)
     # fine-tuning for skill 3 (index 2) only: only rows with an edge into column 2 gain weight
     p = skillit_mixture(a, window, 0.5, target_mask(5, [2]))
     expected = np.exp(0.5 * a[:, 2] * window[:, 2].sum())

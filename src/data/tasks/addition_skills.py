@@ -2,7 +2,7 @@
 
 Digits are space-separated so every digit is its own token. Skill i (0-based) = the digit of the sum at place
 10**i, counted from the ones place: skill 0 needs no carry, skill i needs the carries of places below it, which
-is why training on the tens digit helps the ones digit (and the converse) in the paper's graph.
+is why the paper's graph has training on the tens digit help the ones digit (ADDITION_GRAPH: that edge only).
 
 Record: {"prompt": "1 2 3 + 4 5 6 , digit 2 ?", "response": "7", "skill": 1}.
 """

@@ -6,7 +6,7 @@
 Every probe run starts from the same initial weights (the composed config's model at `seed`) and trains with
 constant lr for `--steps` steps on a fixed mixture:
 - approximate, k runs: skill i alone; A[i, j] = max(0, L_j(before) − L_j(after)), scaled to max 1.
-- brute, k + k(k-1) runs: j alone gives d_j, the balanced (i, j) mix gives d_ij (both measured on j);
+- brute, k + k(k-1)/2 runs: j alone gives d_j, the balanced (i, j) mix gives d_ij on j and d_ji on i;
   edge i→j (0.5) if d_ij > d_j, diagonal 1.
 Writes `<out>/skills_graph.yaml` (use it with `curriculum.callback.graph=<path>`) and `<out>/skills_graph.png`.
 """
@@ -130,9 +130,9 @@ def main() -> None:
         d_single = before - np.diag(after_single)  # [k]
         d_pair = np.zeros((k, k))
         for i in range(k):
-            for j in range(k):
-                if i != j:
-                    d_pair[i, j] = before[j] - probe([0.5 if x in (i, j) else 0.0 for x in range(k)])[j]
+            for j in range(i + 1, k):  # the (i, j) and (j, i) mixes are the same run: one gives both gains
+                after = probe([0.5 if x in (i, j) else 0.0 for x in range(k)])  # [k]
+                d_pair[i, j], d_pair[j, i] = before[j] - after[j], before[i] - after[i]
         graph = brute_force_graph(d_single, d_pair)
         extra = {"gain_single": d_single.round(4).tolist(), "gain_pair": d_pair.round(4).tolist()}
     out = args.out or Path(cfg.paths.log_dir) / cfg.task_name / "graphs" / args.method

@@ -78,3 +78,35 @@ def test_brute_force_and_approximate_estimators() -> None:
     after = np.array([[0.3, 0.7, 0.8], [0.5, 0.5, 0.7], [0.7, 0.7, 0.6]])  # row i = trained on i
     np.testing.assert_allclose(approximate_graph(before, after),
                                [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.25]], atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["approximate", "brute"])
+def test_learn_skills_graph_script_writes_a_usable_graph(tmp_path, method) -> None:
+    """The estimator script end to end (tiny model, 3 probe steps): a k x k graph the Skill-It callback accepts,
+    the gains it was decided from, and the heatmap."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.helpers import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "scripts/learn_skills_graph.py", "--method", method, "--steps", "3", "--warmup-steps", "0",
+         "--out", str(tmp_path), "experiment=skillit/lego", "model.d_model=32", "model.n_layers=1",
+         "data.n_train=550", "data.n_val_per_skill=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = yaml.safe_load((tmp_path / "skills_graph.yaml").read_text())
+    graph = validate_graph(doc["graph"], 5, "learned graph")
+    assert (tmp_path / "skills_graph.png").is_file()
+    if method == "brute":
+        assert np.all(np.diag(graph) == 1.0) and set(np.unique(graph)) <= {0.0, 0.5, 1.0}
+        gains = np.asarray(doc["gain_pair"])
+        single = np.asarray(doc["gain_single"])
+        off = ~np.eye(5, dtype=bool)
+        clear = off & (np.abs(gains - single[None, :]) > 2e-4)  # the yaml rounds gains to 4 decimals
+        np.testing.assert_array_equal(graph[clear] == 0.5, (gains > single[None, :])[clear])  # edge iff d_ij > d_j
+    else:
+        assert graph.max() == pytest.approx(1.0) and graph.min() >= 0.0

@@ -44,6 +44,8 @@ def test_expanded_rows_keep_the_text_and_the_batch_contract(dms: tuple[LMDataMod
         assert torch.equal(item["input_ids"], torch.from_numpy(tokens[:-1]))
         m, n_real = int(np.count_nonzero(segs)), int(np.count_nonzero(base_seg))
         assert tok.decode(tokens[:m].tolist()) == tok.decode(base_tok[:n_real].tolist())  # same text
+        for s in np.unique(base_seg[:n_real]):  # ... and every piece kept its own document's segment id
+            assert tok.decode(tokens[segs == s].tolist()) == tok.decode(base_tok[base_seg == s].tolist())
         assert int(item["attention_mask"].sum()) == min(m, 48)
         grew += m > n_real
         ok = item["labels"][:-1] != -100  # labels are the row shifted by one

@@ -22,6 +22,7 @@ its tokens while vocabulary, model, loss and decoding stay as they are.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +270,7 @@ def rows_with_headroom(
     overflows: no expanded token is ever truncated away, at the price of some padding (the expected gain is
     `p * m * P(splittable)`, less than the worst case).
     """
-    width = int((seq_len + 1) // (1.0 + p))
+    width = math.floor((seq_len + 1) / (1.0 + p) + 1e-9)  # not `//`: 65 // 1.3 == 49.0 (65 / 1.3 = 49.999...)
     while width + int(np.floor(p * width)) > seq_len + 1:  # float rounding guard
         width -= 1
     if width < 2:
@@ -358,30 +359,40 @@ class StochasTokConfig:
 
 # --- offline ---------------------------------------------------------------------------------------------------------
 class _ExpandBatch:
-    """Picklable batched `datasets.map` function: expands `input_ids` (and any `*_mask` list columns with it)."""
+    """Picklable batched `datasets.map` function: expands `input_ids` and, piece by piece, every list column of the
+    same length (masks, labels, position or segment ids: each piece inherits its token's value)."""
 
     def __init__(self, table: SplitTable, p: float, seed: int, column: str) -> None:
         self.table, self.p, self.seed, self.column = table, p, seed, column
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in batch}
-        masks = [k for k in batch if k != self.column and k.endswith("mask")]
         for j, idx in enumerate(indices):
-            ids, src = expand_with_source(batch[self.column][j], self.table, self.p, item_rng(self.seed, 0, idx))
+            base = batch[self.column][j]
+            ids, src = expand_with_source(base, self.table, self.p, item_rng(self.seed, 0, idx))
             out[self.column].append(ids.tolist())
-            for k in masks:
-                out[k].append(np.asarray(batch[k][j])[src].tolist())
             for k in batch:
-                if k != self.column and k not in masks:
-                    out[k].append(batch[k][j])
+                if k == self.column:
+                    continue
+                v = batch[k][j]
+                if isinstance(v, list | np.ndarray) and len(v) == len(base):
+                    out[k].append(np.asarray(v)[src].tolist())  # per-token column: follows the expansion
+                elif isinstance(v, list | np.ndarray):
+                    raise DataError(
+                        f"expand_dataset: record {idx} column {k!r} has {len(v)} entries for {len(base)} tokens; a "
+                        f"per-token column must match {self.column!r} (drop or realign it before expanding)"
+                    )
+                else:
+                    out[k].append(v)
         return out
 
 
 def expand_dataset(ds: Any, table: SplitTable, p: float, seed: int = 0, column: str = "input_ids") -> Any:
     """Offline StochasTok over a tokenized `datasets.Dataset` (one fixed segmentation, seeded per record).
 
-    List columns named `*mask` (e.g. SFT `target_mask`) are expanded alongside, each piece inheriting its
-    token's value. Pack or truncate the result afterwards, never before.
+    Every list column as long as `column` (e.g. SFT `target_mask`, labels, position ids) is expanded alongside,
+    each piece inheriting its token's value; a list column of another length is an error. Pack or truncate the
+    result afterwards, never before.
     """
     if column not in ds.column_names:
         raise DataError(f"expand_dataset: column {column!r} not in {ds.column_names}")

@@ -214,19 +214,33 @@ def test_headroom_rows_always_fit_their_expansion(lengths: list[int], p: float, 
     assert width >= (seq_len + 1) / (1 + p) - 1  # no more headroom than needed
 
 
-def test_expand_dataset_carries_masks(bpe: Tokenizer, table: SplitTable) -> None:
+def test_expand_dataset_carries_every_per_token_column(bpe: Tokenizer, table: SplitTable) -> None:
     import datasets
 
     ids = [bpe.encode(" the big red ball"), bpe.encode(" a small shiny kite")]
-    masks = [[0, 0, 1, 1], [1] * len(ids[1])]
-    masks[0] = [int(i >= 2) for i in range(len(ids[0]))]
-    ds = datasets.Dataset.from_dict({"input_ids": ids, "target_mask": masks})
+    masks = [[int(i >= 2) for i in range(len(ids[0]))], [1] * len(ids[1])]
+    labels = [[100 + i for i in range(len(x))] for x in ids]  # any per-token column, whatever its name
+    ds = datasets.Dataset.from_dict({"input_ids": ids, "target_mask": masks, "labels": labels, "doc": ["a", "b"]})
     out = expand_dataset(ds, table, 2.0, seed=1)
     for k in range(2):
-        new_ids, new_mask = out[k]["input_ids"], out[k]["target_mask"]
+        new_ids = out[k]["input_ids"]
         _, src = expand_with_source(ids[k], table, 2.0, item_rng(1, 0, k))
         assert len(new_ids) > len(ids[k]) and bpe.decode(new_ids) == bpe.decode(ids[k])
-        assert new_mask == [masks[k][j] for j in src.tolist()]
+        assert out[k]["target_mask"] == [masks[k][j] for j in src.tolist()]
+        assert out[k]["labels"] == [labels[k][j] for j in src.tolist()]
+        assert out[k]["doc"] == "ab"[k]  # non-list columns are kept as they are
+    bad = datasets.Dataset.from_dict({"input_ids": ids, "labels": [x[:-1] for x in labels]})
+    with pytest.raises(DataError, match="column 'labels' has 3 entries for 4 tokens"):
+        expand_dataset(bad, table, 2.0)
+
+
+def test_headroom_rows_are_as_wide_as_the_bound_allows() -> None:
+    """floor((seq_len + 1) / (1 + p)) exactly: 65 // 1.3 is 49.0 in floats, but 50 + floor(0.3 * 50) = 65 fits."""
+    from src.data.stochastok import rows_with_headroom
+
+    flat, lengths = np.arange(1, 201, dtype=np.int64), np.array([200])
+    rows = rows_with_headroom(flat, lengths, 64, 0.3, eos_id=0, pad_id=0)
+    assert int(np.count_nonzero(rows.segments[0])) == 50
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), {"p": 0.1, "prob": 1}])

@@ -98,16 +98,33 @@ def _apply_chunk_grad(dz: Tensor, h_c: Tensor, weight: Tensor, dh_c: Tensor | No
         db.add_(dz.sum(0))
 
 
-# Relative tolerance for "the upstream gradient is a multiple of the hint": fp32 rounding of c·hint is ~1e-7.
-HINT_RTOL = 1e-5
+# Relative tolerance for "the upstream gradient is a multiple of the hint", by the dtype the check runs in
+# (fp32 rounding of c·hint is ~1e-7, fp64's ~1e-16): a real extra term in the loss is never mistaken for rounding.
+HINT_RTOL = {torch.float64: 1e-12}
+HINT_RTOL_DEFAULT = 1e-5
+
+
+def _scale_(t: Tensor, c: Tensor, block_elems: int = 1 << 20) -> Tensor:
+    """t *= c in place, with c kept in fp32. Rounding c to t's dtype first (what `t.mul_(c.to(t.dtype))` did, and
+    what a low-precision GPU op with a 0-dim device tensor may do) scales every gradient by the same wrong factor
+    (c = -1/255 in bf16: 0.39 % off). A whole fp32 copy of a [V, d] gradient would cost 2x its memory, so
+    low-precision tensors are rescaled in row blocks of ~1M elements."""
+    if t.dtype in (torch.float32, torch.float64) or t.numel() == 0:
+        return t.mul_(c)
+    flat = t.view(t.shape[0], -1) if t.dim() > 1 else t.view(-1, 1)  # [R, C]
+    rows = max(1, block_elems // max(1, flat.shape[1]))
+    for s in range(0, flat.shape[0], rows):
+        block = flat[s : s + rows]
+        block.copy_(block.float().mul_(c))
+    return t
 
 
 def hint_scale(g: Tensor, g_hint: Tensor) -> Tensor | None:
     """The scalar c with g == c·g_hint (both [N], already masked and 1/T-scaled), or None when there is none.
 
-    c is the least-squares fit (g·h)/(h·h); the check is max|g − c·h| ≤ HINT_RTOL·max|g|. A zero hint only
-    explains a zero g. The comparison is one pass over [N] scalars: no cost next to a [N, V] matmul, and the three
-    scalars it decides on cross to the host together (one device sync per backward, not three).
+    c is the least-squares fit (g·h)/(h·h); the check is max|g − c·h| ≤ rtol·max|g| (rtol by dtype: HINT_RTOL).
+    A zero hint only explains a zero g. The comparison is one pass over [N] scalars: no cost next to a [N, V]
+    matmul, and the three scalars it decides on cross to the host together (one device sync per backward).
     """
     hh = torch.dot(g_hint, g_hint)
     c = torch.dot(g, g_hint) / torch.where(hh == 0, torch.ones_like(hh), hh)  # 0 when the hint is zero
@@ -118,7 +135,7 @@ def hint_scale(g: Tensor, g_hint: Tensor) -> Tensor | None:
     hh_v, g_max_v, resid_v = torch.stack([hh.float(), g_max.float(), resid.float()]).tolist()  # the one sync
     if hh_v == 0.0:
         return g.new_zeros(()) if g_max_v == 0.0 else None
-    return None if resid_v > HINT_RTOL * g_max_v else c
+    return None if resid_v > HINT_RTOL.get(g.dtype, HINT_RTOL_DEFAULT) * g_max_v else c
 
 
 class ChunkedTokenLogprobs(torch.autograd.Function):
@@ -208,7 +225,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
             ctx.eager = None  # free the buffers with this backward (retain_graph reruns take the recompute path)
             c = hint_scale(g, g_hint)
             if c is not None:
-                scale = lambda t: None if t is None else t.mul_(c.to(t.dtype))  # in place: no second [V, d]
+                scale = lambda t: None if t is None else _scale_(t, c)
                 return scale(dh_e), scale(dw_e), scale(db_e), None, None, None, None, None, None, None
         use_h = ctx.entropy_grad and g_entropy is not None
         g_h = g_entropy.to(vmask.dtype) * vmask * inv_t if use_h else None  # [N]

@@ -175,11 +175,14 @@ class TritonTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, ignore_index, with_entropy, entropy_grad):
         hidden, weight = hidden.contiguous(), weight.contiguous()
+        bias = bias.contiguous() if bias is not None else None  # the kernels read it with stride 1
         n, d = hidden.shape
         vocab = weight.shape[0]
         inv_t = 1.0 / temperature
         valid = targets != ignore_index  # [N]
         y = torch.where(valid, targets, torch.full_like(targets, -1)).contiguous()  # [N]; −1 never matches a column
+        # an id >= V would silently give logp = -inf (the other paths raise); checked on the device, no sync
+        torch._assert_async(((y >= -1) & (y < vocab)).all(), "token_logprobs: a target id is outside [0, V)")
         splits = _n_splits(n, vocab, hidden.device)
         part = torch.empty(4, splits, n, dtype=torch.float32, device=hidden.device)  # m, Σe, Σe(z−m), z_y
         ieee = hidden.dtype == torch.float32

@@ -200,3 +200,36 @@ def test_grad_hint_builds_nothing_under_no_grad() -> None:
             token_logprobs(h, w, y, grad_hint=torch.ones(10), impl="chunked", chunk_size=5)
         counts[grad] = mode.n
     assert counts == {True: 6, False: 2}  # 2 chunks × (logits, dh, dW) vs 2 chunks × logits
+
+
+def test_hint_rescale_keeps_the_scale_in_fp32() -> None:
+    """Under bf16-mixed the LM head's gradients come from the hint path, rescaled in place by c = -1/n. Rounding c
+    to bf16 first (c = -1/255: 0.39 % off) scales every gradient by the same wrong factor; `_scale_` must give the
+    fp32 product rounded once, also across its row blocks."""
+    from src.kernels.chunked import _scale_
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(300, 7, generator=gen).bfloat16()
+    c = torch.tensor(-1.0 / 255)
+    want = (t.float() * c).bfloat16()
+    naive = t.clone().mul_(c.to(t.dtype))  # the old code; on GPU a 0-dim device tensor is cast like this too
+    got = _scale_(t.clone(), c, block_elems=64)  # several row blocks
+    assert torch.equal(got, want)
+    ratio = float((naive.double() * want.double()).sum() / (want.double() ** 2).sum())
+    assert abs(ratio - 1.0) > 1e-3  # what the old rescale did: a uniform error (0.18 % here, up to 0.39 %)
+
+
+def test_hint_check_is_as_tight_as_the_dtype_allows() -> None:
+    """In float64 a loss that is CE plus a tiny extra term must not be mistaken for pure CE (the extra term's
+    gradient was dropped with an fp32-level tolerance)."""
+    gen = torch.Generator().manual_seed(1)
+    n, vocab, d = 20, 11, 6
+    h = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(vocab, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    grads = []
+    for impl, kw in (("reference", {}), ("chunked", {"grad_hint": torch.ones(n, dtype=torch.float64)})):
+        logp = token_logprobs(h, w, y, impl=impl, **kw)
+        grads.append(torch.autograd.grad(-logp.mean() + 4e-8 * logp[7], (h, w)))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

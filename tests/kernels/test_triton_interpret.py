@@ -55,3 +55,15 @@ def test_matches_chunked_with_ignored_rows_and_no_bias_grad() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     logp, ent, dh, _ = res["triton"]
     assert torch.all(logp[ignored] == 0) and torch.all(ent[ignored] == 0) and torch.all(dh[ignored] == 0)
+
+
+def test_non_contiguous_bias_is_read_correctly() -> None:
+    """A bias that is a strided view (e.g. one column of a [V, 2] parameter) must give the chunked path's results;
+    the kernels read the bias with stride 1 (it was 2.1 nats off before the bias was made contiguous)."""
+    gen = torch.Generator().manual_seed(0)
+    h, w = torch.randn(9, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    b = torch.randn(40, 2, generator=gen)[:, 0]  # stride 2
+    y = torch.randint(0, 40, (9,), generator=gen)
+    got = token_logprobs(h.to(DEVICE), w.to(DEVICE), y.to(DEVICE), bias=b.to(DEVICE), impl="triton").cpu()
+    want = token_logprobs(h, w, y, bias=b, impl="chunked")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
 from src.data.packing import Batch, PackedDataset, pack_flat, token_column_arrays
-from src.data.sampler import InfiniteSampler
+from src.data.sampler import InfiniteSampler, samples_consumed_at
 from src.data.sft import SFTCollator, SFTDataset, SFTTokenize
 from src.data.sources import Fields, LoadedSource, load_source, normalize_spec, to_plain
 from src.data.stochastok import (
@@ -118,6 +118,7 @@ class LMDataModule(L.LightningDataModule):
         self.drop_long_prompts = bool(drop_long_prompts)
         self.shuffle, self.pin_memory = bool(shuffle), bool(pin_memory)
         self._samples_consumed = 0
+        self._consumed_step: int | None = 0  # global step at which _samples_consumed was recorded
         # StochasTok (src/data/stochastok.py): train rows are re-segmented on the fly; p = 0 is off
         self.stochastok = StochasTokConfig.from_cfg(stochastok)
         if self.stochastok.enabled and format != "pretrain":
@@ -251,8 +252,6 @@ class LMDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         rank, world = self._rank_world()
-        if self._samples_consumed % world:
-            raise DataError(f"samples_consumed={self._samples_consumed} is not a multiple of world_size={world}")
         tagged = isinstance(self.train_dataset, StochasTokPackedDataset)  # keys (index, epoch): fresh splits per epoch
         sampler_cls = EpochTaggedSampler if tagged else InfiniteSampler
         sampler = sampler_cls(
@@ -293,13 +292,17 @@ class LMDataModule(L.LightningDataModule):
         if trainer is None:
             return self._samples_consumed
         _, world = self._rank_world()
-        return int(trainer.global_step) * int(trainer.accumulate_grad_batches) * self.batch_size * world
+        per_step = int(trainer.accumulate_grad_batches) * self.batch_size * world
+        return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"samples_consumed": self.samples_consumed()}
+        step = getattr(getattr(self, "trainer", None), "global_step", None)
+        return {"samples_consumed": self.samples_consumed(), "global_step": step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._samples_consumed = int(state_dict.get("samples_consumed", 0))
+        step = state_dict.get("global_step")
+        self._consumed_step = None if step is None else int(step)
 
     # -- generation ----------------------------------------------------------------------------------------------
     def sample_prompts(self) -> list[str]:

@@ -7,8 +7,8 @@ Ranks take the stream round-robin: rank `r` of `W` yields global positions `star
 So the `B*W` samples of one optimizer step (micro-batch B per rank) are the contiguous block of the global stream
 no matter how it is split across ranks, and the ranks' streams are disjoint and together cover it.
 
-`start_sample` is a global count (samples consumed by all ranks together; a multiple of `W`): resuming with the
-count saved at a checkpoint continues exactly where training stopped. There is deliberately no `__len__`, so
+`start_sample` is a global count (samples consumed by all ranks together, any value): resuming with the count
+saved at a checkpoint continues exactly where training stopped, also on another number of ranks. There is deliberately no `__len__`, so
 Lightning treats the train loader as infinite and training length is `trainer.max_steps`.
 
 It subclasses `DistributedSampler` only so that Lightning does not wrap it in its own distributed sampler.
@@ -81,3 +81,17 @@ class InfiniteSampler(DistributedSampler):
                 cached_epoch, perm = e, epoch_permutation(self.n, self.seed, e, self.shuffle)
             yield int(perm[p])
             g += self.world_size
+
+
+def samples_consumed_at(step: int, per_step: int, base: int = 0, base_step: int | None = None) -> int:
+    """Global samples consumed after optimizer step `step`: the restored position `base` (recorded at `base_step`)
+    plus the steps since, each `per_step` = batch x accumulation x world samples.
+
+    Pricing only the steps since the resume at the current global batch keeps the position exact when a run
+    resumes with another batch size, accumulation or world size (step x per_step would re-price the steps taken
+    before the resume and skip or repeat samples at the next resume). A checkpoint without `base_step` (older
+    ones) is assumed to have had the current global batch.
+    """
+    if base_step is None:
+        base_step = base // per_step if per_step else 0
+    return int(base) + (int(step) - int(base_step)) * int(per_step)

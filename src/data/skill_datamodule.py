@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
 from src.data.lm_datamodule import loader_generator, seed_worker
+from src.data.sampler import samples_consumed_at
 from src.data.skill_sampler import SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 from src.data.sources import to_plain
@@ -139,6 +140,7 @@ class SkillDataModule(L.LightningDataModule):
         self.val_dataset: SkillItems | None = None
         self.sampler: SkillSampler | None = None
         self._samples_consumed = 0
+        self._consumed_step: int | None = 0  # global step at which _samples_consumed was recorded
         self._schedule: list[tuple[int, list[float]]] | None = None  # restored from a checkpoint
         self._order: tuple[np.ndarray, int, int] | None = None  # difficulty order, samples per step, steps
 
@@ -245,15 +247,19 @@ class SkillDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return self._samples_consumed
-        return int(trainer.global_step) * int(trainer.accumulate_grad_batches) * self.batch_size * trainer.world_size
+        per_step = int(trainer.accumulate_grad_batches) * self.batch_size * int(trainer.world_size)
+        return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)
 
     def state_dict(self) -> dict[str, Any]:
         schedule = self.sampler.schedule_state() if self.sampler is not None else (
             self._schedule or [(0, [float(x) for x in self.initial_weights])])
-        return {"samples_consumed": self.samples_consumed(), "schedule": schedule}
+        step = getattr(getattr(self, "trainer", None), "global_step", None)
+        return {"samples_consumed": self.samples_consumed(), "global_step": step, "schedule": schedule}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._samples_consumed = int(state_dict.get("samples_consumed", 0))
+        step = state_dict.get("global_step")
+        self._consumed_step = None if step is None else int(step)
         sched = state_dict.get("schedule")
         if sched:
             self._schedule = [(int(s), list(w)) for s, w in sched]

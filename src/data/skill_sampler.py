@@ -63,8 +63,8 @@ class SkillSampler(DistributedSampler):
             raise DataError(f"every skill needs at least one training example, got pool sizes {list(pool_sizes)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
-        if start_sample < 0 or start_sample % world_size:
-            raise DataError(f"start_sample={start_sample} must be >= 0 and a multiple of world_size={world_size}")
+        if start_sample < 0:  # any count works: rank r continues at start_sample + r (another world size included)
+            raise DataError(f"start_sample={start_sample} must be >= 0")
         # deliberately no super().__init__ (see src/data/sampler.py): we only want the type
         self.sizes = np.asarray(pool_sizes, dtype=np.int64)  # [k]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])  # [k]

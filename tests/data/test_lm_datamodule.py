@@ -61,7 +61,7 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, corpus):
     # a checkpoint after 3 optimizer steps (accumulate 1, one device)
     dm.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=1, world_size=1, global_rank=0)
     state = dm.state_dict()
-    assert state == {"samples_consumed": 3 * 4}
+    assert state == {"samples_consumed": 3 * 4, "global_step": 3}
     dm2 = _pretrain_dm(tmp_path, corpus, num_workers=2)
     dm2.load_state_dict(state)
     dm2.setup("fit")
@@ -72,7 +72,50 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, corpus):
 def test_state_dict_counts_all_ranks_and_accumulation(tmp_path, corpus):
     dm = _pretrain_dm(tmp_path, corpus)
     dm.trainer = SimpleNamespace(global_step=5, accumulate_grad_batches=2, world_size=2, global_rank=1)
-    assert dm.state_dict() == {"samples_consumed": 5 * 2 * 4 * 2}
+    assert dm.state_dict() == {"samples_consumed": 5 * 2 * 4 * 2, "global_step": 5}
+
+
+def test_position_stays_exact_across_resumes_with_another_global_batch(tmp_path, corpus):
+    """Steps before a resume keep the batch size they had: 4 steps at B=2, resume at B=4 to step 6, resume at
+    B=2 (on 2 ranks) to step 7 — 8 + 8 + 4 samples, not every step re-priced at the current batch."""
+    def trainer(step, world=1, rank=0):
+        return SimpleNamespace(global_step=step, accumulate_grad_batches=1, world_size=world, global_rank=rank)
+
+    dm = _pretrain_dm(tmp_path, corpus, batch_size=2)
+    dm.trainer = trainer(4)
+    first = dm.state_dict()
+    assert first["samples_consumed"] == 8
+    dm2 = _pretrain_dm(tmp_path, corpus, batch_size=4)
+    dm2.load_state_dict(first)
+    dm2.trainer = trainer(6)
+    second = dm2.state_dict()
+    assert second["samples_consumed"] == 8 + 2 * 4  # the old formula said 6 * 4 = 24: 8 samples skipped
+    dm3 = _pretrain_dm(tmp_path, corpus, batch_size=2)
+    dm3.load_state_dict(second)
+    dm3.trainer = trainer(7, world=2)
+    assert dm3.state_dict()["samples_consumed"] == 16 + 1 * 2 * 2
+    # an older checkpoint without the step: assumed to have had the current global batch
+    dm4 = _pretrain_dm(tmp_path, corpus, batch_size=4)
+    dm4.load_state_dict({"samples_consumed": 8})
+    dm4.trainer = trainer(3)
+    assert dm4.state_dict()["samples_consumed"] == 12
+
+
+def test_resume_on_another_world_size_continues_the_global_stream(tmp_path, corpus):
+    """3 samples consumed on 1 rank, resumed on 2 ranks: the ranks' streams interleave into exactly the
+    single-rank stream from position 3 (an odd count used to be refused)."""
+    one = _pretrain_dm(tmp_path, corpus, batch_size=1)
+    one.setup("fit")
+    stream = [b["input_ids"] for b in itertools.islice(iter(one.train_dataloader()), 9)]
+    ranks = []
+    for r in range(2):
+        dm = _pretrain_dm(tmp_path, corpus, batch_size=1)
+        dm.load_state_dict({"samples_consumed": 3, "global_step": 3})
+        dm.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=1, world_size=2, global_rank=r)
+        dm.setup("fit")
+        ranks.append([b["input_ids"] for b in itertools.islice(iter(dm.train_dataloader()), 3)])
+    merged = [ranks[k % 2][k // 2] for k in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(merged, stream[3:9]))
 
 
 def test_sft_end_to_end_masks_prompts_and_pads(tmp_path):

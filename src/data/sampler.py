@@ -8,8 +8,9 @@ So the `B*W` samples of one optimizer step (micro-batch B per rank) are the cont
 no matter how it is split across ranks, and the ranks' streams are disjoint and together cover it.
 
 `start_sample` is a global count (samples consumed by all ranks together, any value): resuming with the count
-saved at a checkpoint continues exactly where training stopped, also on another number of ranks. There is deliberately no `__len__`, so
-Lightning treats the train loader as infinite and training length is `trainer.max_steps`.
+saved at a checkpoint continues exactly where training stopped, also on another number of ranks. There is
+deliberately no `__len__`, so Lightning treats the train loader as infinite and training length is
+`trainer.max_steps`.
 
 It subclasses `DistributedSampler` only so that Lightning does not wrap it in its own distributed sampler.
 """

@@ -25,6 +25,8 @@ from src.data.packing import IGNORE_INDEX
 from src.data.sources import Fields, Locations, locate
 from src.data.tokenizer import Tokenizer
 
+_PROBE = "\u2063tokensmith-content\u2063"  # stands in for a first assistant message's content
+
 
 def _chat_segments(tok: Tokenizer, messages: list[dict[str, str]], where: str) -> list[tuple[str, bool]]:
     """Split a rendered chat into (text, is_target) pieces: assistant turns are targets."""
@@ -39,7 +41,12 @@ def _chat_segments(tok: Tokenizer, messages: list[dict[str, str]], where: str) -
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = hf.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        if i:
+            prefix = hf.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        else:  # the assistant speaks first: what the template puts before its content (an injected system
+            # prompt, the assistant header) is context too; an empty conversation cannot be rendered, so locate it
+            probe = hf.apply_chat_template([{**m, "content": _PROBE}], tokenize=False)
+            prefix = probe[: probe.index(_PROBE)] if _PROBE in probe else ""
         full = hf.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (prefix.startswith(done) and full.startswith(prefix)):
             raise DataError(

@@ -82,3 +82,17 @@ def test_messages_train_only_on_assistant_turns(corpus, tmp_path):
     assert tok.decode(ids) == tok.hf.apply_chat_template(msgs, tokenize=False)
     trained = [i for i, m in zip(ids, target) if m]
     assert tok.decode(trained) == "Tom ran.<|endoftext|>Mia sat.<|endoftext|>"
+
+
+def test_a_conversation_opening_with_the_assistant_trains_only_its_turns() -> None:
+    """SmolLM2's template injects a default system prompt and the assistant header before a first assistant turn:
+    context, not targets (they used to be trained on when the assistant spoke first)."""
+    from src.data.tokenizer import load_pretrained
+
+    tok = load_pretrained("smollm2-135m")
+    msgs = [{"role": "assistant", "content": "Welcome!"}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Yo."}]
+    ids, target = encode_sft(tok, {"messages": msgs}, SFT, 256, "r")
+    trained = tok.decode([i for i, m in zip(ids, target) if m])
+    assert "system" not in trained and "assistant" not in trained and "Hi" not in trained
+    assert trained.startswith("Welcome!") and "Yo." in trained

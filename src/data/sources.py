@@ -320,4 +320,23 @@ def _load_hf(spec: dict[str, Any], fields: Fields) -> tuple[datasets.Dataset, st
         )
     keep = [c for c in fields.columns if c in cols]
     ds = ds.select_columns(keep)
-    return ds, Hasher().update_json([ds._fingerprint, fields.__dict__]).hexdigest(), origin
+    fp = Hasher().update_json([ds._fingerprint, fields.__dict__]).hexdigest()
+    # every row validated like a file's records (one DataError naming the row), once: datasets caches the map
+    ds = ds.map(_ValidateRows(fields, origin), batched=True, with_indices=True, remove_columns=keep,
+                desc=f"validate {origin}")
+    return ds, fp, origin
+
+
+class _ValidateRows:
+    """Picklable batched map: `Fields.project` on every row of a Hugging Face dataset."""
+
+    def __init__(self, fields: Fields, origin: str) -> None:
+        self.fields, self.origin = fields, origin
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {c: [] for c in self.fields.columns}
+        for j, i in enumerate(indices):
+            rec = self.fields.project({c: v[j] for c, v in batch.items()}, f"{self.origin} row {i}")
+            for c in out:
+                out[c].append(rec.get(c))
+        return out

@@ -266,6 +266,11 @@ def test_hf_dataset_source_trains_and_names_rows_in_errors(tmp_path):
     bad = LMDataModule({**src, "data_files": str(tmp_path / "e.parquet")}, **kw)
     with pytest.raises(DataError, match=r"HF dataset parquet row 17: the prompt alone fills data.seq_len=24"):
         bad.setup("fit")
+    chats = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None if i == 4 else "Yo"}]
+             for i in range(6)]
+    pq.write_table(pa.table({"messages": chats}), tmp_path / "m.parquet")
+    with pytest.raises(DataError, match=r"HF dataset parquet row 4: messages\[1\] must be"):  # validated like files
+        LMDataModule({**src, "data_files": str(tmp_path / "m.parquet")}, **kw).setup("fit")
     with pytest.raises(DataError, match=r'SFT needs a "messages" column or "prompt"\+"answer" columns .*found'):
         LMDataModule({**src, "data_files": str(tmp_path / "e.parquet")}, **(kw | {"format": "sft"}),
                      response_field="answer").setup("fit")

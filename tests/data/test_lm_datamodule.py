@@ -52,6 +52,18 @@ def test_pretrain_batches_follow_the_contract(tmp_path, corpus):
     n_real = sum(int(dm.train_dataset[i]["attention_mask"].sum()) + 1 for i in range(len(dm.train_dataset)))
     n_real += sum(int(dm.val_dataset[i]["attention_mask"].sum()) + 1 for i in range(len(dm.val_dataset)))
     assert n_real - len(dm.train_dataset) - len(dm.val_dataset) <= n_tokens <= n_real
+    # ... and as records: disjoint, together every document exactly once
+    train, val_split = dm._raw_splits()
+    tr, va = list(train.dataset["text"]), list(val_split.dataset["text"])
+    assert sorted(tr + va) == sorted(corpus) and (set(tr) & set(va)) <= _dupes(corpus)
+
+
+def _dupes(texts: list[str]) -> set[str]:
+    """Texts that occur more than once in the corpus (those may legitimately land in both splits)."""
+    seen, dup = set(), set()
+    for t in texts:
+        (dup if t in seen else seen).add(t)
+    return dup
 
 
 def test_resume_continues_exactly_where_training_stopped(tmp_path, corpus):
@@ -295,6 +307,7 @@ def test_tokenization_is_cached_and_reused(tmp_path, corpus, monkeypatch):
     a, b = next(iter(first.train_dataloader())), next(iter(again.train_dataloader()))
     assert torch.equal(a["input_ids"], b["input_ids"])
     changed = LMDataModule(**(args | {"seed": 5}))  # another split: other records, so it must tokenize (and fail)
+    changed._tokenizer = again.tokenizer  # the same tokenizer: only the split's fingerprint can tell them apart
     with pytest.raises(AssertionError, match="re-tokenized"):
         changed.setup("fit")
 

@@ -270,7 +270,8 @@ class LMDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        """Finite, deterministic (file order); Lightning shards it across ranks. [] when there is no val split."""
+        """Finite, deterministic (file order); [] when there is no val split. Not sharded (`use_distributed_sampler:
+        false`): under DDP every rank evaluates the same batches, so the val loss equals a single process's."""
         if self.train_dataset is None:
             self.setup("validate")
         if self.val_dataset is None:

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from src.data.errors import DataError
 from src.data.packing import IGNORE_INDEX
-from src.data.sft import SFTCollator, encode_sft
+from src.data.sft import SFTCollator, SFTDataset, encode_sft
 from src.data.sources import Fields
 from src.data.tokenizer import SpecialTokens, train_bpe
 
@@ -16,9 +15,11 @@ CHAT = (
 )
 
 
-def _labels(ids, target):
-    """The pre-shifted labels the dataset derives from (ids, target_mask)."""
-    return [ids[t + 1] if target[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
+def _item(ids, target) -> dict:
+    """The item the real dataset makes of one encoded record (pre-shifted labels, -100 off-target)."""
+    import datasets
+
+    return SFTDataset(datasets.Dataset.from_dict({"input_ids": [ids], "target_mask": [target]}))[0]
 
 
 def test_prompt_response_labels_are_masked_exactly_on_the_prompt(bpe):
@@ -26,7 +27,9 @@ def test_prompt_response_labels_are_masked_exactly_on_the_prompt(bpe):
     ids, target = encode_sft(bpe, rec, SFT, 64, "r0")
     p, r = bpe.encode(rec["prompt"]), bpe.encode(rec["response"])
     assert ids == p + r + [bpe.eos_id]
-    labels = _labels(ids, target)
+    item = _item(ids, target)
+    assert item["input_ids"].tolist() == ids[:-1]
+    labels = item["labels"].tolist()
     # positions 0..len(p)-2 predict prompt tokens -> masked; from len(p)-1 on, the response and the eos
     assert labels[: len(p) - 1] == [IGNORE_INDEX] * (len(p) - 1)
     assert labels[len(p) - 1 :] == r + [bpe.eos_id]
@@ -36,7 +39,7 @@ def test_collator_right_pads_with_masked_labels(bpe):
     items = []
     for rec in [{"prompt": "Mia", "response": " ran."}, {"prompt": "A long prompt here", "response": " ok"}]:
         ids, target = encode_sft(bpe, rec, SFT, 64, "r")
-        items.append({"input_ids": torch.tensor(ids[:-1]), "labels": torch.tensor(_labels(ids, target))})
+        items.append(_item(ids, target))
     batch = SFTCollator(bpe.pad_id)(items)
     lens = [len(it["input_ids"]) for it in items]
     t = max(lens)

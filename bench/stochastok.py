@@ -1,6 +1,7 @@
 """StochasTok expansion throughput vs the reference algorithm, and data wait vs step time in the addition setup.
 
     python bench/stochastok.py [--lengths 512 1024 2048 4096 8192] [--p 0.1] [--repeats 5] [--wait-p 0 0.3]
+                               [--packing-p 0.1 0.3 1.0] [--skip-wait] [--skip-packing]
 
 1. Tokens/s of `src.data.stochastok.expand` and of a faithful re-implementation of the reference algorithm
    (anyasims/stochastok: a Python list rebuilt by slicing on every successful attempt, O(p*n^2)) on the same
@@ -10,6 +11,9 @@
    (the earlier path), vs one optimizer step of its model (forward + backward + AdamW) on that batch; the ratio is
    the data wait of a synchronous (num_workers=0) loader. The in-training figure (Lightning's profiler) is in
    docs/benchmarks.md.
+3. Packing cost of the same experiment at each `--packing-p` rate: rows are packed before expansion with headroom
+   (docs/stochastok.md), so a p > 0 epoch has more, emptier rows than p = 0, i.e. fewer problems per step. Reports
+   the row count relative to p = 0 and the mean fill of the expanded rows (epoch 0).
 
 Prints a markdown table and writes bench/results/stochastok-<time>.json. Shared CPUs: read the ratios.
 """
@@ -74,10 +78,7 @@ def bench_expand(lengths: list[int], p: float, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_addition_wait(repeats: int, p: float) -> dict:
-    """One training batch of the addition experiment at StochasTok rate `p`, fetched as the DataLoader does
-    (`__getitems__`: whole batch, vectorised) and row by row (`ds[key]` + stacking, the pre-batching path), vs
-    one optimizer step of the experiment's model on that batch."""
+def _addition_datamodule(p: float):  # noqa: ANN202
     from hydra.utils import instantiate
 
     from tests.helpers import compose_cfg
@@ -86,6 +87,29 @@ def bench_addition_wait(repeats: int, p: float) -> dict:
                       Path("/tmp/stochastok-bench-run"))
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
+    return cfg, dm
+
+
+def bench_packing(ps: list[float]) -> list[dict]:
+    """Rows per epoch relative to p = 0, and how full the expanded rows are (real tokens / seq_len + 1)."""
+    _, plain = _addition_datamodule(0.0)
+    n_plain = len(plain.train_dataset)
+    out = []
+    for p in ps:
+        _, dm = _addition_datamodule(p)
+        ds = dm.train_dataset
+        fill = [np.count_nonzero(ds.expanded_row(i, 0)[1]) / ds.width for i in range(len(ds) - 1)]  # last: padded
+        out.append({"p": p, "rows": len(ds), "rows_over_p0": len(ds) / n_plain, "mean_fill": float(np.mean(fill))})
+    return out
+
+
+def bench_addition_wait(repeats: int, p: float) -> dict:
+    """One training batch of the addition experiment at StochasTok rate `p`, fetched as the DataLoader does
+    (`__getitems__`: whole batch, vectorised) and row by row (`ds[key]` + stacking, the pre-batching path), vs
+    one optimizer step of the experiment's model on that batch."""
+    from hydra.utils import instantiate
+
+    cfg, dm = _addition_datamodule(p)
     ds, collate = dm.train_dataset, dm._collate()
     model = instantiate(cfg.model, vocab_size=dm.tokenizer.vocab_size)
     module = instantiate(cfg.method, backbone=model, tokenizer=dm.tokenizer)
@@ -124,6 +148,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-wait", action="store_true")
     ap.add_argument("--wait-p", type=float, nargs="+", default=[0.0, 0.3], help="StochasTok rates for the wait part")
+    ap.add_argument("--skip-packing", action="store_true")
+    ap.add_argument("--packing-p", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     args = ap.parse_args()
     rows = [r for p in args.p for r in bench_expand(args.lengths, p, args.repeats)]
     print("| length | p | ours (tok/s) | reference (tok/s) | speedup |\n|---:|---:|---:|---:|---:|")
@@ -137,10 +163,16 @@ def main() -> None:
     for w in wait:
         print(f"| {w['p']} | {w['batch_size']}x{w['seq_len']} | {w['data_ms_per_batch']:.2f} | "
               f"{w['per_row_ms_per_batch']:.2f} | {w['step_ms']:.1f} | {100 * w['data_over_step']:.1f}% |")
+    packing = [] if args.skip_packing else bench_packing(args.packing_p)
+    if packing:
+        print("\n| addition, p | rows per epoch | vs p=0 | mean fill after expansion |\n|---:|---:|---:|---:|")
+    for r in packing:
+        print(f"| {r['p']} | {r['rows']} | {r['rows_over_p0']:.2f}x | {100 * r['mean_fill']:.0f}% |")
     out = ROOT / "bench" / "results" / f"stochastok-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "date": datetime.now().isoformat()}
-    out.write_text(json.dumps({**meta, "torch": torch.__version__, "expand": rows, "addition_wait": wait}, indent=2))
+    out.write_text(json.dumps({**meta, "torch": torch.__version__, "expand": rows, "addition_wait": wait,
+                               "packing": packing}, indent=2))
     print(f"\nwrote {out}")
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
 from src.data.packing import Batch, PackedDataset, pack_flat, token_column_arrays
-from src.data.sampler import InfiniteSampler, samples_consumed_at
+from src.data.sampler import InfiniteSampler, position_state, restore_position, samples_consumed_at
 from src.data.sft import SFTCollator, SFTDataset, SFTTokenize
 from src.data.sources import Fields, LoadedSource, load_source, normalize_spec, to_plain
 from src.data.stochastok import (
@@ -297,13 +297,10 @@ class LMDataModule(L.LightningDataModule):
         return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)
 
     def state_dict(self) -> dict[str, Any]:
-        step = getattr(getattr(self, "trainer", None), "global_step", None)
-        return {"samples_consumed": self.samples_consumed(), "global_step": step}
+        return position_state(self.samples_consumed(), getattr(self, "trainer", None))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._samples_consumed = int(state_dict.get("samples_consumed", 0))
-        step = state_dict.get("global_step")
-        self._consumed_step = None if step is None else int(step)
+        self._samples_consumed, self._consumed_step = restore_position(state_dict)
 
     # -- generation ----------------------------------------------------------------------------------------------
     def sample_prompts(self) -> list[str]:

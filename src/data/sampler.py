@@ -18,6 +18,7 @@ It subclasses `DistributedSampler` only so that Lightning does not wrap it in it
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
@@ -96,3 +97,14 @@ def samples_consumed_at(step: int, per_step: int, base: int = 0, base_step: int 
     if base_step is None:
         base_step = base // per_step if per_step else 0
     return int(base) + (int(step) - int(base_step)) * int(per_step)
+
+
+def position_state(consumed: int, trainer: Any) -> dict[str, Any]:
+    """A datamodule's checkpoint state for its data position: samples consumed and the step they were counted at."""
+    return {"samples_consumed": int(consumed), "global_step": getattr(trainer, "global_step", None)}
+
+
+def restore_position(state: dict[str, Any]) -> tuple[int, int | None]:
+    """(samples consumed, step recorded at or None for older checkpoints) from `position_state`'s dict."""
+    step = state.get("global_step")
+    return int(state.get("samples_consumed", 0)), None if step is None else int(step)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
 from src.data.lm_datamodule import loader_generator, seed_worker
-from src.data.sampler import samples_consumed_at
+from src.data.sampler import position_state, restore_position, samples_consumed_at
 from src.data.skill_sampler import SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 from src.data.sources import to_plain
@@ -253,13 +253,10 @@ class SkillDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         schedule = self.sampler.schedule_state() if self.sampler is not None else (
             self._schedule or [(0, [float(x) for x in self.initial_weights])])
-        step = getattr(getattr(self, "trainer", None), "global_step", None)
-        return {"samples_consumed": self.samples_consumed(), "global_step": step, "schedule": schedule}
+        return {**position_state(self.samples_consumed(), getattr(self, "trainer", None)), "schedule": schedule}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._samples_consumed = int(state_dict.get("samples_consumed", 0))
-        step = state_dict.get("global_step")
-        self._consumed_step = None if step is None else int(step)
+        self._samples_consumed, self._consumed_step = restore_position(state_dict)
         sched = state_dict.get("schedule")
         if sched:
             self._schedule = [(int(s), list(w)) for s, w in sched]

@@ -164,7 +164,8 @@ def _read_jsonl(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: invalid JSON ({e}); fix the file") from None
             for i, rec in enumerate(recs):
-                yield f"{path} record {i}", fields.project(rec, f"{path} record {i}")
+                where = f"{path} record {i}"
+                yield where, fields.project(rec, where)
             return
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -175,7 +176,8 @@ def _read_jsonl(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]
                 raise DataError(
                     f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno}); fix the record"
                 ) from None
-            yield f"{path} line {lineno}", fields.project(rec, f"{path} line {lineno}")
+            where = f"{path} line {lineno}"
+            yield where, fields.project(rec, where)
 
 
 def _read_txt(path: str, fields: Fields, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -205,7 +207,8 @@ def _read_parquet(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, An
             fields.project(rec, f"{path} row 0")
         return
     for i, rec in enumerate(pq.read_table(path, columns=cols).to_pylist()):
-        yield f"{path} row {i}", fields.project(rec, f"{path} row {i}")
+        where = f"{path} row {i}"
+        yield where, fields.project(rec, where)
 
 
 def _resolve_files(path: str) -> list[str]:

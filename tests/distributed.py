@@ -26,10 +26,10 @@ PROBE = "+callbacks.loss_probe._target_=tests.distributed.GlobalLossProbe"
 
 
 class GlobalLossProbe(Callback):
-    """Every rank's loss and label-token count on every micro-batch, written by rank 0 to loss_probe.json.
+    """Every rank's label-NLL sum and label-token count on every micro-batch, written by rank 0 to loss_probe.json.
 
-    The module logs `train/loss` of rank 0's micro-batch only, so a DDP run's CSV cannot be compared with a
-    single-process run's; averaging these records gives the loss of the optimizer step whose gradient was applied.
+    The module logs `train/loss` per micro-batch (averaged over ranks), so a DDP run's CSV cannot be compared with a
+    single-process run's; these records give the token-mean loss of each optimizer step over all its micro-batches.
     """
 
     def __init__(self) -> None:
@@ -37,16 +37,14 @@ class GlobalLossProbe(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        # Lightning hands over loss / accumulate_grad_batches when it accumulates itself (not under DeepSpeed).
-        scale = 1 if trainer.strategy.handles_gradient_accumulation else trainer.accumulate_grad_batches
-        local = torch.stack([loss.detach().float() * scale,
-                             (batch["labels"] != -100).sum().float()]).to(pl_module.device)  # [2]
+        # The module returns each micro-batch's label-NLL sum and count next to the (scaled) objective.
+        local = torch.stack([outputs["nll_sum"].double(), outputs["n_tokens"].double()]).to(pl_module.device)  # [2]
+        assert int(outputs["n_tokens"]) == int((batch["labels"] != -100).sum())
         gathered = trainer.strategy.all_gather(local).reshape(-1, 2).cpu()  # [world, 2]
         self.records.append({
             "step": int(trainer.global_step),  # after this micro-batch (advances on a window's last one)
             "batch_idx": int(batch_idx),
-            "loss": gathered[:, 0].tolist(),
+            "nll_sum": gathered[:, 0].tolist(),
             "n_tokens": [int(n) for n in gathered[:, 1].tolist()],
         })
 
@@ -77,14 +75,15 @@ def train_subprocess(run_dir: Path, overrides: list[str], timeout: int = 240) ->
 
 
 def step_losses(run_dir: Path, accumulate: int = 1) -> dict[int, float]:
-    """{optimizer step (1-based): mean micro-batch loss over ranks and accumulated micro-batches}."""
+    """{optimizer step (1-based): token-mean loss over the step's ranks and accumulated micro-batches}."""
     records = json.loads((run_dir / "loss_probe.json").read_text())
     steps: dict[int, list[float]] = {}
     for r in records:
         # the window's last micro-batch has already advanced global_step; the others have not
         step = r["step"] if (r["batch_idx"] + 1) % accumulate == 0 else r["step"] + 1
-        steps.setdefault(step, []).extend(r["loss"])
-    return {s: sum(v) / len(v) for s, v in sorted(steps.items())}
+        nll, n = steps.setdefault(step, [0.0, 0.0])
+        steps[step] = [nll + sum(r["nll_sum"]), n + sum(r["n_tokens"])]
+    return {s: nll / max(n, 1) for s, (nll, n) in sorted(steps.items())}
 
 
 def token_counts(run_dir: Path) -> set[int]:

@@ -47,6 +47,12 @@ def test_unknown_loss_impl_is_rejected(run_dir: Path) -> None:
         build_components(cfg)
 
 
+def test_unknown_loss_normalization_is_rejected(run_dir: Path) -> None:
+    cfg = compose_cfg(["debug=smoke", "method.loss_normalization=global"], run_dir)
+    with pytest.raises(Exception, match=r"loss_normalization='global' is not one of \('step', 'micro_batch'\)"):
+        build_components(cfg)
+
+
 @pytest.mark.parametrize("override", ["trainer.enable_progress_bar=false", "callbacks.progress_bar=null"])
 def test_one_override_silences_the_progress_bar(override: str, run_dir: Path) -> None:
     """Either switch alone gives no bar: Lightning would refuse the first (our bar callback is configured) and

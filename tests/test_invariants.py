@@ -226,3 +226,62 @@ def test_resume_on_half_the_processes_with_twice_the_accumulation(strategy: str,
     print(f"\nresume {strategy} 2x4 -> 1x4x2: max |Δ| weights {diff:.2g}")
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
+# ---- SFT: micro-batches with very different label counts ------------------------------------------------------------
+# With prompt masking a micro-batch may hold 3x the labels of its neighbour. `method.loss_normalization=step` (the
+# default, src/models/token_normaliser.py) optimises the token mean of the whole step, so any split trains the same
+# model; `micro_batch` (the mean of micro-batch means, plain DDP + accumulation) does not.
+
+
+@pytest.fixture(scope="module")
+def sft_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prompt/response records with 1- to 20-word responses."""
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("sft") / "uneven_responses.jsonl"
+    recs = [{"prompt": " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6))) + " ?",
+             "response": " " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 20)))} for _ in range(400)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def sft_common(path: Path) -> list[str]:
+    """The runs above, on prompt/response records (responses only carry labels) with a small trained tokenizer."""
+    base = common(path)
+    assert base[0] == "data=jsonl"
+    return ["data=sft_jsonl", *base[1:], "~data.tokenizer.pretrained", "+data.tokenizer.vocab_size=300"]
+
+
+@pytest.fixture(scope="module")
+def sft_single(sft_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_subprocess(tmp_path_factory.mktemp("sft_single"),
+                            [*sft_common(sft_corpus), f"data.batch_size={GLOBAL_BATCH}"])
+
+
+def _uneven(run: Path) -> None:
+    """Precondition: the micro-batches' label counts really differ (else every normalisation agrees)."""
+    counts = token_counts(run)
+    assert len(counts) > 3 and max(counts) > 1.5 * min(counts), counts
+
+
+def test_sft_accumulation_matches_one_batch_with_uneven_label_counts(sft_single: Path, sft_corpus: Path,
+                                                                     tmp_path: Path) -> None:
+    """batch 4 x accumulate 2 == batch 8 on SFT data; with loss_normalization=micro_batch it is not (the check
+    can fail: the micro-batches' means are weighted equally however many labels each holds)."""
+    args = [*sft_common(sft_corpus), f"data.batch_size={GLOBAL_BATCH // 2}", "trainer.accumulate_grad_batches=2"]
+    run = train_subprocess(tmp_path / "step", args)
+    _uneven(run)
+    assert_same_training(sft_single, run, other_accumulate=2)
+    mean_of_means = train_subprocess(tmp_path / "micro", [*args, "method.loss_normalization=micro_batch"])
+    diff = _max_weight_diff(sft_single, mean_of_means)
+    print(f"\nSFT, mean of micro-batch means vs one batch: max |Δ| weights {diff:.2g}")
+    assert diff > 10 * WEIGHT_ATOL
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sft_two_processes_match_one_process_with_uneven_label_counts(strategy: str, sft_single: Path,
+                                                                     sft_corpus: Path, tmp_path: Path) -> None:
+    """2 ranks x batch 4 == 1 x batch 8 on SFT data: the label count is all-reduced before the optimizer step."""
+    run = train_subprocess(tmp_path / strategy, [*sft_common(sft_corpus), *two_processes(strategy)])
+    _uneven(run)
+    assert_same_training(sft_single, run)

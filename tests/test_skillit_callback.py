@@ -34,7 +34,7 @@ class _Record(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.skills.append(batch["skill"].tolist())
-        self.losses.append(float(outputs["loss"]))
+        self.losses.append(float(outputs["nll_sum"] / outputs["n_tokens"]))  # this micro-batch's token mean
 
 
 class _StopAt(pl.Callback):

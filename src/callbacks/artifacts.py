@@ -60,19 +60,20 @@ class RunArtifacts(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        # Lightning hands back the loss divided by the accumulation count; undo it, then average the micro-batches
-        # of one optimizer step, and over ranks, so the history is the step loss whatever the batch split.
+        if not isinstance(outputs, dict) or "nll_sum" not in outputs:
+            return  # not a CausalLMModule step (or a skipped one)
+        # The step's loss is Σ NLL / Σ label tokens over its micro-batches and ranks: the exact token mean, whatever
+        # the batch split and the module's loss normalisation (the returned `loss` is scaled for the backward).
         self._worked = True
-        self._micro.append(float(loss.detach()) * trainer.accumulate_grad_batches)
+        self._micro.append((float(outputs["nll_sum"]), float(outputs["n_tokens"])))
         if trainer.global_step == self._seen_step:
             return  # still inside an accumulation window
-        step_loss = torch.tensor(sum(self._micro) / len(self._micro), device=pl_module.device)
+        sums = torch.tensor([sum(x for x, _ in self._micro), sum(n for _, n in self._micro)],
+                            dtype=torch.float64, device=pl_module.device)  # [2]
         if trainer.world_size > 1:
-            step_loss = trainer.strategy.reduce(step_loss, reduce_op="mean")
-        self.train_history.append((trainer.global_step, float(step_loss)))
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        step_loss = float(sums[0] / sums[1].clamp(min=1))
+        self.train_history.append((trainer.global_step, step_loss))
         self._seen_step, self._micro = trainer.global_step, []
         rate = trainer.callback_metrics.get("train/tokens_per_s")
         if rate is not None:

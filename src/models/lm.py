@@ -3,10 +3,13 @@
 The module never asks the backbone for logits: it takes hidden states [B, T, d] and the output weight [V, d]
 and hands them to `src.kernels.token_logprobs`, so the fused path never holds [B·T, V] logits for the
 backward. Whether a run is pretraining or SFT is decided by the data (SFT batches carry -100 on prompts).
+The training loss is the token mean over the whole optimizer step (all micro-batches and ranks) by default:
+src/models/token_normaliser.py.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections.abc import Callable
@@ -15,11 +18,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 from torchmetrics import SumMetric
 
 from src.kernels import token_logprobs
 from src.losses.token_ce import token_cross_entropy
+from src.models.token_normaliser import LOSS_NORMALIZATIONS, StepTokenNormaliser
+
+log = logging.getLogger(__name__)
 
 LOSS_IMPLS = ("fused", "reference")
 
@@ -36,10 +43,16 @@ class CausalLMModule(pl.LightningModule):
         kernel_impl: str = "auto",
         tokenizer: Any = None,
         compile: bool = False,
+        loss_normalization: str = "step",
     ) -> None:
         super().__init__()
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"method.loss_impl={loss_impl!r} is not one of {LOSS_IMPLS}")
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"method.loss_normalization={loss_normalization!r} is not one of {LOSS_NORMALIZATIONS} (step: token "
+                "mean over the whole optimizer step; micro_batch: mean of per-micro-batch token means)"
+            )
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "tokenizer"])
         self.backbone = backbone
         if compile:
@@ -52,6 +65,7 @@ class CausalLMModule(pl.LightningModule):
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
         self._last_tick: float | None = None
+        self._normaliser: StepTokenNormaliser | None = None
 
     # ---- forward -------------------------------------------------------------------------------------
     def token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,20 +94,55 @@ class CausalLMModule(pl.LightningModule):
         )  # [B*T]
         return logp.view_as(labels)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(
+        self, batch: dict[str, torch.Tensor], reduction: str = "mean"
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logp = self.token_logprobs(batch)  # [B, T]
-        return token_cross_entropy(logp.flatten(), batch["labels"].flatten())
+        return token_cross_entropy(logp.flatten(), batch["labels"].flatten(), reduction=reduction)
 
     # ---- steps ---------------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
+    def on_fit_start(self) -> None:
+        self._normaliser = None
+        if self.hparams.loss_normalization != "step":
+            return
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            log.info("DeepSpeed steps on its own gradient buffers: the training loss is the mean of per-micro-batch "
+                     "token means (method.loss_normalization=micro_batch behaviour; docs/scaleout.md)")
+            return
+        self._normaliser = StepTokenNormaliser()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Returns the objective as `loss`, plus this micro-batch's detached `nll_sum` and `n_tokens`, from which
+        callbacks compute the step's exact token-mean loss whatever the normalisation."""
+        if self._normaliser is None:
+            objective, stats = self._loss(batch)
+        else:
+            nll_sum, stats = self._loss(batch, reduction="sum")
+            objective = self._normaliser.micro_batch_loss(nll_sum, stats["n_tokens"], batch["labels"].numel())
+        loss = stats["nll_sum"] / stats["n_tokens"].clamp(min=1)  # this micro-batch's token mean, for the logs
         n_in = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
         bsz = batch["input_ids"].shape[0]
         # sync_dist: under DDP the logged value is the mean over ranks, not rank 0's share of the batch.
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=30)), batch_size=bsz)
         self._log_throughput(int(n_in) * self.trainer.world_size, bsz)
-        return loss
+        return {"loss": objective, **stats}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """With loss_normalization=step, rescale the window's gradients to the exact step token mean right after
+        the last backward: inside the closure, so before on_before_optimizer_step hooks and gradient clipping."""
+        normaliser = self._normaliser
+        if normaliser is None or optimizer_closure is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+
+        def closure() -> Any:
+            out = optimizer_closure()
+            params = [p for p in self.parameters() if p.requires_grad]
+            normaliser.finish_step(params, int(self.trainer.accumulate_grad_batches), int(self.trainer.world_size))
+            return out
+
+        super().optimizer_step(epoch, batch_idx, optimizer, closure)
 
     def _log_throughput(self, tokens: int, bsz: int) -> None:
         """Tokens/s over all ranks, from wall time between consecutive steps (data loading included)."""

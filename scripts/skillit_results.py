@@ -1,6 +1,7 @@
 """Aggregate a Skill-It multirun into a markdown table and plots (docs/results.md, docs/img/skillit_*.png).
 
-    python scripts/skillit_results.py outputs/skillit_lego/multiruns/<name> --img docs/img --prefix skillit_lego
+    python scripts/skillit_results.py outputs/skillit_lego/multiruns/<name> [<more multirun dirs>] \
+        --img docs/img --prefix skillit_lego
 
 Reads each job's config_resolved.yaml (curriculum, seed) and skills.json (per-skill evals, mixtures); prints the
 table (mean ± std over seeds of per-skill accuracy at half and at the end) and writes the plots.
@@ -17,12 +18,35 @@ import numpy as np
 import yaml
 
 
-def load(multirun: Path) -> dict[str, list[dict]]:
+def _eta(cfg: dict) -> float | None:
+    return (cfg["curriculum"].get("callback") or {}).get("eta")
+
+
+def _graph(cfg: dict) -> str:
+    """`spec` (the data config's graph), `inline`, or the directory holding a learned skills_graph.yaml."""
+    graph = (cfg["curriculum"].get("callback") or {}).get("graph")
+    if graph is None:
+        return "spec"
+    return Path(graph).parent.name if isinstance(graph, str) else "inline"
+
+
+def load(multiruns: list[Path]) -> dict[str, list[dict]]:
+    """Jobs of one or more multirun directories, grouped by curriculum; Skill-It runs with different η or graphs
+    (e.g. several sweeps) are told apart as `skillit η=... graph=...`."""
+    jobs = []
+    for multirun in multiruns:
+        for job in sorted(p for p in multirun.iterdir() if (p / "skills.json").is_file()):
+            cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
+            jobs.append((cfg, job, json.loads((job / "skills.json").read_text())))
+    skillit = [cfg for cfg, _, _ in jobs if cfg["curriculum"]["name"] == "skillit"]
+    etas, graphs = {_eta(c) for c in skillit}, {_graph(c) for c in skillit}
     runs: dict[str, list[dict]] = defaultdict(list)
-    for job in sorted(p for p in multirun.iterdir() if (p / "skills.json").is_file()):
-        cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
-        data = json.loads((job / "skills.json").read_text())
-        runs[cfg["curriculum"]["name"]].append({"seed": cfg["seed"], "dir": job.name, **data})
+    for cfg, job, data in jobs:
+        name = cfg["curriculum"]["name"]
+        if name == "skillit":
+            name += f" η={_eta(cfg)}" if len(etas) > 1 else ""
+            name += f" graph={_graph(cfg)}" if len(graphs) > 1 else ""
+        runs[name].append({"seed": cfg["seed"], "dir": job.name, **data})
     return runs
 
 
@@ -53,31 +77,42 @@ def plots(runs: dict[str, list[dict]], img: Path, prefix: str) -> None:
 
     img.mkdir(parents=True, exist_ok=True)
     names = next(iter(runs.values()))[0]["skills"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), sharey=True, squeeze=False)
-    for ax, (cur, rs) in zip(axes[0], runs.items()):
+    ncols = min(4, len(runs))  # wrap: one panel per curriculum, at most 4 per row
+    nrows = -(-len(runs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, (cur, rs) in zip(axes.flat, runs.items()):
         steps = [e["step"] for e in rs[0]["evals"]]
         acc = np.array([[e["acc"] for e in r["evals"]] for r in rs if len(r["evals"]) == len(steps)])  # [S, E, k]
         for i, n in enumerate(names):
             ax.plot(steps, acc[:, :, i].mean(0), "o-", ms=2, label=n)
-        ax.set(title=f"{cur} (mean of {len(acc)} seeds)", xlabel="optimizer step", ylim=(0, 1.02))
+        ax.set(xlabel="optimizer step", ylim=(0, 1.02))
+        ax.set_title(f"{cur} (mean of {len(acc)} seeds)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("greedy answer accuracy")
-    axes[0][-1].legend(fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("greedy answer accuracy")
+    axes.flat[len(runs) - 1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(img / f"{prefix}_accuracy.png", dpi=100)
     plt.close(fig)
     mixing = {c: rs for c, rs in runs.items() if len(rs[0]["mixtures"]) > 1} or runs
-    fig, axes = plt.subplots(1, len(mixing), figsize=(4.2 * len(mixing), 3.4), squeeze=False)
-    for ax, (cur, rs) in zip(axes[0], mixing.items()):
+    ncols = min(4, len(mixing))
+    nrows = -(-len(mixing) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(mixing):]:
+        ax.set_visible(False)
+    for ax, (cur, rs) in zip(axes.flat, mixing.items()):
         r = rs[0]
         end = r["evals"][-1]["step"]
         xs = [m.get("applies_from_step", m["step"]) for m in r["mixtures"]] + [end]
         for i, n in enumerate(names):
             ys = [m["weights"][i] for m in r["mixtures"]]
             ax.step(xs, ys + ys[-1:], where="post", label=n)
-        ax.set(title=f"{cur} mixture (seed {r['seed']})", xlabel="optimizer step", ylabel="weight", ylim=(0, 1.02))
+        ax.set(xlabel="optimizer step", ylabel="mixture weight", ylim=(0, 1.02))
+        ax.set_title(f"{cur} (seed {r['seed']})", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    axes.flat[len(mixing) - 1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(img / f"{prefix}_mixture.png", dpi=100)
     plt.close(fig)
@@ -85,15 +120,18 @@ def plots(runs: dict[str, list[dict]], img: Path, prefix: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("multirun", type=Path)
-    ap.add_argument("--img", type=Path, default=Path("docs/img"))
-    ap.add_argument("--prefix", default="skillit_lego")
+    ap.add_argument("multirun", type=Path, nargs="+", help="one or more multirun directories")
+    # Plots go next to the runs unless asked for (docs/img holds the committed figures: pass it explicitly).
+    ap.add_argument("--img", type=Path, default=None, help="plot directory (default: the first multirun directory)")
+    ap.add_argument("--prefix", default="skillit")
     args = ap.parse_args()
     runs = load(args.multirun)
     if not runs:
-        raise SystemExit(f"no finished jobs (skills.json) under {args.multirun}")
+        raise SystemExit(f"no finished jobs (skills.json) under {', '.join(map(str, args.multirun))}")
     print(table(runs))
-    plots(runs, args.img, args.prefix)
+    img = args.img if args.img is not None else args.multirun[0]
+    plots(runs, img, args.prefix)
+    print(f"\nplots: {img / (args.prefix + '_accuracy.png')}, {img / (args.prefix + '_mixture.png')}")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,10 @@ per-micro-batch mean (`micro_batch`); runs say so once in the log.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 import torch.distributed as dist
-
-log = logging.getLogger(__name__)
 
 LOSS_NORMALIZATIONS = ("step", "micro_batch")
 
@@ -54,7 +51,7 @@ class StepTokenNormaliser:
 
     def __init__(self) -> None:
         self.ref: float | None = None
-        self.local_tokens = 0.0
+        self.local_tokens: torch.Tensor | None = None  # on the device: no host sync per micro-batch
 
     def micro_batch_loss(self, nll_sum: torch.Tensor, n_tokens: torch.Tensor, n_positions: int) -> torch.Tensor:
         """nll_sum / ref, counting this micro-batch's labels.
@@ -68,14 +65,17 @@ class StepTokenNormaliser:
             ref = torch.tensor(float(n_positions), device=nll_sum.device)
             largest = float(_all_reduce(ref, dist.ReduceOp.MAX))
             self.ref = 2.0 ** round(math.log2(max(largest, 1.0)))
-        self.local_tokens += float(n_tokens)
+        n = n_tokens.detach().to(torch.float64)
+        self.local_tokens = n if self.local_tokens is None else self.local_tokens + n
         return nll_sum / self.ref
 
     def finish_step(self, params: list[torch.nn.Parameter], accumulate: int, world_size: int) -> float:
         """Rescale the accumulated, rank-averaged gradients to the step's exact token mean; returns the factor."""
-        n = torch.tensor(self.local_tokens, dtype=torch.float64, device=_device(params))
-        n_total = float(_all_reduce(n, dist.ReduceOp.SUM))
-        self.local_tokens = 0.0
+        # Every rank joins the all-reduce, also one that ran no micro-batch (it counts 0).
+        n = self.local_tokens if self.local_tokens is not None else torch.zeros((), dtype=torch.float64,
+                                                                                 device=_device(params))
+        n_total = float(_all_reduce(n.clone(), dist.ReduceOp.SUM))  # the one host sync per optimizer step
+        self.local_tokens = None
         if self.ref is None:  # no micro-batch ran (a skipped step): nothing to rescale
             return 1.0
         scale = step_grad_scale(accumulate, world_size, self.ref, n_total)

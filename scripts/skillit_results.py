@@ -69,6 +69,16 @@ def table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + f"\n\nGreedy answer accuracy (%) at step {last}, mean ± std over seeds."
 
 
+def _panels(plt, n: int, height: float, **kw):  # noqa: ANN001, ANN202
+    """One panel per curriculum, wrapped at 4 per row; unused grid cells hidden."""
+    ncols = min(4, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, height * nrows), squeeze=False, **kw)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def plots(runs: dict[str, list[dict]], img: Path, prefix: str) -> None:
     import matplotlib
 
@@ -77,11 +87,7 @@ def plots(runs: dict[str, list[dict]], img: Path, prefix: str) -> None:
 
     img.mkdir(parents=True, exist_ok=True)
     names = next(iter(runs.values()))[0]["skills"]
-    ncols = min(4, len(runs))  # wrap: one panel per curriculum, at most 4 per row
-    nrows = -(-len(runs) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
-    for ax in axes.flat[len(runs):]:
-        ax.set_visible(False)
+    fig, axes = _panels(plt, len(runs), 3.6, sharey=True)
     for ax, (cur, rs) in zip(axes.flat, runs.items()):
         steps = [e["step"] for e in rs[0]["evals"]]
         acc = np.array([[e["acc"] for e in r["evals"]] for r in rs if len(r["evals"]) == len(steps)])  # [S, E, k]
@@ -97,11 +103,7 @@ def plots(runs: dict[str, list[dict]], img: Path, prefix: str) -> None:
     fig.savefig(img / f"{prefix}_accuracy.png", dpi=100)
     plt.close(fig)
     mixing = {c: rs for c, rs in runs.items() if len(rs[0]["mixtures"]) > 1} or runs
-    ncols = min(4, len(mixing))
-    nrows = -(-len(mixing) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(mixing):]:
-        ax.set_visible(False)
+    fig, axes = _panels(plt, len(mixing), 3.4)
     for ax, (cur, rs) in zip(axes.flat, mixing.items()):
         r = rs[0]
         end = r["evals"][-1]["step"]

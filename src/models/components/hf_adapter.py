@@ -34,6 +34,18 @@ def _dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return torch_dtype
 
 
+def truncate_layers(hf: nn.Module, n: int) -> None:
+    """Keep the first `n` decoder layers of `hf` in place (config updated so caches and saving agree)."""
+    decoder = hf.get_decoder()
+    total = len(decoder.layers)
+    if not 1 <= n <= total:
+        raise ValueError(f"model.keep_layers={n}: this model has {total} decoder layers; use 1..{total} or null")
+    decoder.layers = decoder.layers[:n]
+    hf.config.num_hidden_layers = n
+    if getattr(hf.config, "layer_types", None) is not None:  # per-layer attention kinds (sliding / full)
+        hf.config.layer_types = list(hf.config.layer_types)[:n]
+
+
 class HFBackbone(nn.Module):
     """Wrap a causal LM given as a Hub name / local path / registered short name (`smollm2-135m`) or a config
     dict (`{"model_type": "llama", "hidden_size": 64, ...}`, randomly initialised).
@@ -41,6 +53,9 @@ class HFBackbone(nn.Module):
     pretrained=False with a name builds the same architecture with random weights. vocab_size resizes the
     embeddings (pretrained) or sets the config (from a dict) so the model matches our tokenizer. lora is a dict of
     `peft.LoraConfig` kwargs; with it only the LoRA parameters are trainable.
+
+    keep_layers=N keeps only the first N decoder layers (and the final norm and head): a model several times
+    cheaper per token that still carries the pretrained embeddings and early attention heads, for pilots on CPU.
     """
 
     def __init__(
@@ -55,6 +70,7 @@ class HFBackbone(nn.Module):
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
         cache_dir: str | None = None,
+        keep_layers: int | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -82,6 +98,8 @@ class HFBackbone(nn.Module):
                 hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
             if vocab_size is not None and vocab_size != hf.get_output_embeddings().weight.shape[0]:
                 hf.resize_token_embeddings(vocab_size)
+        if keep_layers is not None:
+            truncate_layers(hf, int(keep_layers))
         if gradient_checkpointing:  # non-reentrant: works with frozen (LoRA) inputs without extra hooks
             if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5 name
                 hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -124,3 +124,23 @@ def test_fully_padded_rows_are_finite(hf):
     seg = torch.tensor([[0, 0, 0, 0, 0], [1, 1, 2, 0, 0]])
     assert torch.isfinite(hf(x, (seg > 0).long())).all()
     assert torch.isfinite(hf(x, (seg > 0).long(), segment_ids=seg)).all()
+
+
+def test_keep_layers_is_the_full_models_first_layers(tmp_path):
+    """keep_layers=N must compute exactly what the first N layers of the saved model compute (then the final
+    norm), also through the KV-cache path generation uses, and it must refuse an N the model does not have."""
+    full = tiny_hf(num_hidden_layers=3)
+    full.model.save_pretrained(tmp_path)
+    cut = HFBackbone(str(tmp_path), keep_layers=2).eval()
+    assert cut.config.num_hidden_layers == 2 and len(cut.decoder.layers) == 2
+    assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in full.parameters())
+    x = ids(2, 6)
+    with torch.no_grad():
+        after_two = full.decoder(input_ids=x, output_hidden_states=True).hidden_states[2]  # [B, T, d], pre-norm
+        want = full.decoder.norm(after_two)
+        torch.testing.assert_close(cut(x), want, atol=ATOL, rtol=0)
+        mask = torch.ones(2, 6, dtype=torch.long)
+        cached, _ = cut.forward_cached(x, mask, torch.arange(6).expand(2, 6), None)
+    torch.testing.assert_close(cached, want, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"keep_layers=4: this model has 3 decoder layers"):
+        HFBackbone(str(tmp_path), keep_layers=4)

@@ -106,6 +106,10 @@ class HFBackbone(nn.Module):
             else:
                 hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hf.config.use_cache = False  # training forwards never want a cache; forward_cached asks explicitly
+        # from_pretrained returns the model in eval mode, and Lightning keeps submodules' modes as it finds them:
+        # without this, a pretrained model would train with its dropout silently off. A new module is in train
+        # mode (the nn.Module convention); Lightning switches it for validation and restores it after.
+        hf.train()
         if lora:
             from peft import LoraConfig, get_peft_model
 

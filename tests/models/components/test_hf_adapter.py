@@ -144,3 +144,17 @@ def test_keep_layers_is_the_full_models_first_layers(tmp_path):
     torch.testing.assert_close(cached, want, atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match=r"keep_layers=4: this model has 3 decoder layers"):
         HFBackbone(str(tmp_path), keep_layers=4)
+
+
+def test_a_loaded_pretrained_model_trains_with_its_dropout(tmp_path):
+    """from_pretrained hands back an eval-mode model; the backbone must start in train mode like any new module,
+    so a checkpoint's dropout is active in training (Lightning keeps the modes it finds) and off under eval()."""
+    tiny_hf(attention_dropout=0.5).model.save_pretrained(tmp_path)
+    loaded = HFBackbone(str(tmp_path))
+    assert all(m.training for m in loaded.modules())
+    x = ids(2, 6)
+    torch.manual_seed(1)
+    first = loaded(x)
+    assert not torch.allclose(first, loaded(x))  # a fresh dropout mask per forward
+    loaded.eval()
+    torch.testing.assert_close(loaded(x), loaded(x), atol=0, rtol=0)

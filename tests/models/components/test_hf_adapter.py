@@ -158,3 +158,14 @@ def test_a_loaded_pretrained_model_trains_with_its_dropout(tmp_path):
     assert not torch.allclose(first, loaded(x))  # a fresh dropout mask per forward
     loaded.eval()
     torch.testing.assert_close(loaded(x), loaded(x), atol=0, rtol=0)
+
+
+def test_gradient_checkpointing_applies_to_a_loaded_pretrained_model(tmp_path):
+    """transformers recomputes checkpointed layers only in train mode: a loaded model must start in it, else
+    `gradient_checkpointing=true` saves no memory. A checkpointed MLP runs twice: forward, and recompute in backward."""
+    tiny_hf().model.save_pretrained(tmp_path)
+    calls = []
+    loaded = HFBackbone(str(tmp_path), gradient_checkpointing=True)
+    loaded.decoder.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # inside the checkpoint
+    loaded(ids(2, 6)).sum().backward()
+    assert len(calls) == 2

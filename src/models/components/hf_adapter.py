@@ -54,8 +54,8 @@ class HFBackbone(nn.Module):
     embeddings (pretrained) or sets the config (from a dict) so the model matches our tokenizer. lora is a dict of
     `peft.LoraConfig` kwargs; with it only the LoRA parameters are trainable.
 
-    keep_layers=N keeps only the first N decoder layers (and the final norm and head): a model several times
-    cheaper per token that still carries the pretrained embeddings and early attention heads, for pilots on CPU.
+    keep_layers=N keeps only the first N decoder layers (and the final norm and head): a cheaper model that still
+    carries the pretrained embeddings and early attention heads, for pilots on CPU (docs/models.md).
     """
 
     def __init__(
@@ -107,8 +107,9 @@ class HFBackbone(nn.Module):
                 hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hf.config.use_cache = False  # training forwards never want a cache; forward_cached asks explicitly
         # from_pretrained returns the model in eval mode, and Lightning keeps submodules' modes as it finds them:
-        # without this, a pretrained model would train with its dropout silently off. A new module is in train
-        # mode (the nn.Module convention); Lightning switches it for validation and restores it after.
+        # without this, a pretrained model would train with its dropout off and its gradient checkpointing (train
+        # mode only in transformers) unused. A new module is in train mode (the nn.Module convention); Lightning
+        # switches it for validation and restores it after.
         hf.train()
         if lora:
             from peft import LoraConfig, get_peft_model

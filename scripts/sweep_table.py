@@ -3,8 +3,8 @@
     python scripts/sweep_table.py outputs/stochastok_addition/multiruns/<name> \
         --group data.stochastok.p --metrics addition/acc_train_tok addition/acc_char_tok val/loss
 
-Reads each job's `.hydra/overrides.yaml` and `metrics.json`; jobs without metrics.json (crashed, still running)
-are listed and left out, never counted as zeros.
+Also reads a `scripts/budget_sweep.py` directory. Reads each job's `.hydra/overrides.yaml` and `metrics.json`;
+jobs without metrics.json (crashed, still running) are listed and left out, never counted as zeros.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import yaml
 
 def load_jobs(sweep_dir: Path) -> tuple[list[tuple[dict[str, str], dict]], list[Path]]:
     jobs, missing = [], []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    # Hydra multirun jobs are named 0, 1, ...; scripts/budget_sweep.py names them after the swept values.
+    dirs = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+    for job in sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         kv = dict(o.split("=", 1) for o in overrides if "=" in o)
         metrics_file = job / "metrics.json"

@@ -119,6 +119,15 @@ def last_step(run_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
+def pace(run_dir: Path) -> float | None:
+    """Steps per second of the run's last stopped attempt (evaluations included; from its preemption record)."""
+    record = run_dir / "preemptions.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
+        last = json.loads(record.read_text())[-1]
+        return (int(last["step"]) - int(last["from_step"])) / float(last["train_s"])
+    return None
+
+
 def launch(job: Job, python: str) -> None:
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python, str(ROOT / "train.py"), *job.overrides, f"hydra.run.dir={job.run_dir}"]
@@ -199,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
           f"budget {args.budget:.0f} s", flush=True)
     run(jobs, args.budget, args.parallel or len(jobs), args.grace, sys.executable, args.poll)
 
-    print("\n| job | state | exit | last logged step |\n|---|---|---|---|")
+    print("\n| job | state | exit | last step | steps/s when stopped |\n|---|---|---|---|---|")
     for job in jobs:
-        print(f"| {job.name} | {job.state} | {'' if job.rc is None else job.rc} | {last_step(job.run_dir)} |")
+        rate = pace(job.run_dir) if job.state == "stopped" else None
+        print(f"| {job.name} | {job.state} | {'' if job.rc is None else job.rc} | {last_step(job.run_dir)} | "
+              f"{'' if rate is None else f'{rate:.2f}'} |")
     failed = [j for j in jobs if j.state == "failed"]
     for job in failed:
         print(f"error: {job.name} failed (exit {job.rc}); its log: {job.log}", file=sys.stderr)

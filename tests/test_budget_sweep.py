@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_budget_stops_a_job_into_its_checkpoint_and_the_same_command_continues_i
     first = _sweep(tmp_path, budget=45, max_steps=1_000_000)  # cannot finish: stopped at the budget
     assert first.returncode == 3, first.stdout + first.stderr
     assert "| job | stopped | 143 |" in first.stdout and "run the same command again" in first.stdout
+    assert re.search(r"\| job \| stopped \| 143 \| \d+ \| \d+\.\d\d \|", first.stdout), first.stdout  # pace shown
     (record,) = json.loads((run / "preemptions.json").read_text())
     assert record["signal"] == "SIGTERM" and record["step"] > 0
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()
@@ -68,3 +70,12 @@ def test_budget_stops_a_job_into_its_checkpoint_and_the_same_command_continues_i
     table = subprocess.run([sys.executable, "scripts/sweep_table.py", str(tmp_path / "sweep"), "--group", "seed",
                             "--metrics", "steps"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert f"| 1 | 1 | {end:.3g} ± 0 |" in table.stdout, table.stdout + table.stderr  # the sweep dir reads as one
+
+
+def test_fit_steps_takes_the_slowest_pace_and_whole_rounds() -> None:
+    spec = importlib.util.spec_from_file_location("fit_steps", ROOT / "scripts" / "offline_gpu" / "fit_steps.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    assert fit.fit_steps([2.0, 1.6], 2000, 1500, 6000) == 3000  # 1.6 steps/s x 2000 s = 3200 -> 3000
+    assert fit.fit_steps([10.0], 2000, 1500, 6000) == 6000  # capped at the paper's budget
+    assert fit.fit_steps([0.5], 100, 1500, 6000) == 0 and fit.fit_steps([], 100, 1500, 6000) == 0

@@ -61,6 +61,7 @@ def test_signal_checkpoints_at_step_boundary_and_resume_matches(tmp_path: Path, 
     straight = _run(tmp_path / "straight")
 
     run_dir = tmp_path / "preempted"
+    started = time.time()
     with pytest.raises(Preempted) as exc:
         _run(run_dir, signal_at_step=5, signum=signum)
     assert exc.value.code == 128 + signum  # exit status like a process killed by the signal
@@ -72,6 +73,7 @@ def test_signal_checkpoints_at_step_boundary_and_resume_matches(tmp_path: Path, 
     (record,) = json.loads((run_dir / RECORD_FILE).read_text())
     assert record["step"] == 5 and record["signal"] == signal.Signals(signum).name
     assert record["requeued"] is False  # not under SLURM: nothing to requeue
+    assert record["from_step"] == 0 and 0 < record["train_s"] < time.time() - started  # this attempt's pace
 
     # Same command, same run dir, ckpt_path=null: resumes by itself and finishes the run.
     assert auto_resume_ckpt(run_dir) == str(run_dir / "checkpoints" / "last.ckpt")

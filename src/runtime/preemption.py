@@ -101,6 +101,7 @@ class PreemptionCheckpoint(Callback):
         self.received: int | None = None  # set by the handler; read at step boundaries
         self._previous: dict[int, Any] = {}
         self._last_step = -1
+        self._attempt: tuple[int, float] = (0, time.time())  # (first step, wall time) of this attempt's training
 
     # ---- the handler: sets a flag, nothing else ----------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -130,6 +131,7 @@ class PreemptionCheckpoint(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.arm()
         self._last_step = trainer.global_step
+        self._attempt = (trainer.global_step, time.time())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -147,7 +149,7 @@ class PreemptionCheckpoint(Callback):
         requeued = False
         if trainer.is_global_zero:
             requeued = decided == _REQUEUE and self.requeue and self._requeue()
-            self._record(trainer, signum, ckpt, requeued)
+            self._record(trainer, signum, ckpt, requeued, self._attempt)
         trainer.strategy.barrier("preemption")
         log.warning("preempted by %s at step %d: saved %s%s", signal.Signals(signum).name, trainer.global_step,
                     ckpt, " and requeued the job" if requeued else "")
@@ -188,11 +190,15 @@ class PreemptionCheckpoint(Callback):
         return proc.returncode == 0
 
     @staticmethod
-    def _record(trainer: pl.Trainer, signum: int, ckpt: Path, requeued: bool) -> None:
+    def _record(trainer: pl.Trainer, signum: int, ckpt: Path, requeued: bool, attempt: tuple[int, float]) -> None:
+        """One entry per preemption. `from_step` and `train_s` (this attempt's training, evaluations included,
+        start-up and the checkpoint write not) give its pace, e.g. to size the next time limit."""
         path = Path(trainer.default_root_dir) / RECORD_FILE
         entries = json.loads(path.read_text()) if path.is_file() else []
+        now = time.time()
         entries.append({"step": trainer.global_step, "signal": signal.Signals(signum).name, "checkpoint": str(ckpt),
-                        "requeued": requeued, "slurm_job": slurm_job_id(), "time": time.time()})
+                        "requeued": requeued, "slurm_job": slurm_job_id(), "time": now,
+                        "from_step": attempt[0], "train_s": round(now - attempt[1], 3)})
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(entries, indent=2) + "\n")
         os.replace(tmp, path)

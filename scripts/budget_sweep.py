@@ -102,8 +102,11 @@ class Job:
 
 
 def last_step(run_dir: Path) -> int | None:
-    """The newest step the run is known to have reached: its last preemption checkpoint, else the CSV metrics
-    (which Lightning flushes every few log intervals, so they can lag)."""
+    """The newest step the run is known to have reached: a finished run's `steps` (metrics.json), else the later of
+    its last preemption checkpoint and the CSV metrics (flushed every few log intervals, so they can lag; a
+    mixture's weights are logged at the step they apply from, which can be one past the end)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return int(json.loads((run_dir / "metrics.json").read_text())["steps"])
     steps: list[int] = []
     record = run_dir / "preemptions.json"
     if record.is_file():

@@ -18,6 +18,7 @@ START=$SECONDS
 source scripts/offline_gpu/setup.sh || exit 1
 SWEEP="${SWEEP_DIR:-outputs/lego_smollm2_sweep}"
 OUT="${OUT:-outputs/lego_smollm2_out}"; mkdir -p "$OUT"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # nine processes on one machine's cores: no oversubscription
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null
 # Checkpoints only when stopped at the budget (a periodic 1.6 GB save x 9 jobs costs more than it protects here).
 JOBS=(experiment=skillit/lego_smollm2 "curriculum=${CURRICULA:-random,stratified,skillit}" "seed=${SEEDS:-1,2,3}"

@@ -69,6 +69,29 @@ def table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + f"\n\nGreedy answer accuracy (%) at step {last}, mean ± std over seeds."
 
 
+def target_check(runs: dict[str, list[dict]], learned: float = 90.0) -> str:
+    """The paper's direction as three yes/no lines (the #5 target): Skill-It learns every skill (each skill's
+    seed-mean accuracy >= `learned` % at the end), is ahead of stratified at half the steps, and is >= 20 points
+    over random at the end; all at equal steps. Empty unless random, stratified and a Skill-It run are present."""
+    skillit = [c for c in runs if c.startswith("skillit")]
+    if "random" not in runs or "stratified" not in runs or not skillit:
+        return ""
+    last = max(r["evals"][-1]["step"] for rs in runs.values() for r in rs)
+
+    def mean_acc(cur: str, step: int) -> np.ndarray:  # [k], %
+        return np.array([at_step(r["evals"], step)["acc"] for r in runs[cur]]).mean(0) * 100
+
+    out = [f"Target check (step {last}, half = step {last // 2}; 'learned' = each skill >= {learned:.0f} %):"]
+    for cur in skillit:
+        end, half = mean_acc(cur, last), mean_acc(cur, last // 2)
+        strat_half, rand_end = mean_acc("stratified", last // 2).mean(), mean_acc("random", last).mean()
+        out += [f"- {cur}: learns every skill: {'yes' if end.min() >= learned else 'no'} (lowest skill "
+                f"{end.min():.1f} %); ahead of stratified at half: {'yes' if half.mean() > strat_half else 'no'} "
+                f"({half.mean():.1f} vs {strat_half:.1f} %); >= 20 points over random at the end: "
+                f"{'yes' if end.mean() - rand_end >= 20 else 'no'} ({end.mean():.1f} vs {rand_end:.1f} %)"]
+    return "\n".join(out)
+
+
 def _panels(plt, n: int, height: float, **kw):  # noqa: ANN001, ANN202
     """One panel per curriculum, wrapped at 4 per row; unused grid cells hidden."""
     ncols = min(4, n)
@@ -131,6 +154,9 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"no finished jobs (skills.json) under {', '.join(map(str, args.multirun))}")
     print(table(runs))
+    check = target_check(runs)
+    if check:
+        print("\n" + check)
     img = args.img if args.img is not None else args.multirun[0]
     plots(runs, img, args.prefix)
     print(f"\nplots: {img / (args.prefix + '_accuracy.png')}, {img / (args.prefix + '_mixture.png')}")

@@ -43,8 +43,8 @@ def skill_losses(backbone: torch.nn.Module, dm) -> np.ndarray:  # noqa: ANN001
     for j in range(dm.k):
         nll = n = 0.0
         for batch in dm.skill_val_batches(j):
-            s, c, _ = answer_stats(backbone, batch)
-            nll, n = nll + float(s), n + float(c)
+            stats = answer_stats(backbone, batch)  # [nll, answer tokens, right, answers]
+            nll, n = nll + float(stats[0]), n + float(stats[1])
         out[j] = nll / max(n, 1)
     backbone.train()
     return out
@@ -106,7 +106,7 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     dm = instantiate(cfg.data, _convert_="all")
     if not hasattr(dm, "skill_val_batches"):
-        raise SystemExit("learning a skills graph needs a skills data config (data=lego|addition)")
+        raise SystemExit("learning a skills graph needs a skills data config (data=lego|addition|skills_jsonl)")
     dm.setup("fit")
     sized = {"vocab_size": dm.tokenizer.vocab_size} if OmegaConf.is_missing(cfg.model, "vocab_size") else {}
     init = instantiate(cfg.model, **sized)

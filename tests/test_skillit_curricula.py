@@ -65,5 +65,5 @@ def test_curriculum_on_a_plain_text_corpus_names_the_fix(run_dir: Path) -> None:
     cfg = compose_cfg(["debug=smoke", "curriculum=random", "trainer.accelerator=cpu", "callbacks.progress_bar=null"],
                       run_dir)
     dm, module, trainer = build_components(cfg)
-    with pytest.raises(DataError, match="data=lego or data=addition"):
+    with pytest.raises(DataError, match="data=lego, addition or skills_jsonl"):
         trainer.fit(module, datamodule=dm)

@@ -43,36 +43,47 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def answer_stats(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                      torch.Tensor]:
-    """(nll sum, #answers, #greedy-correct) over the answer tokens (labels != -100) of one batch."""
+def answer_stats(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[nll sum, #answer tokens, #answers right, #answers] over the answer tokens (labels != -100) of one batch.
+
+    An answer is right when the argmax at every one of its tokens is that token (teacher-forced), which is
+    exactly when greedy decoding from the prompt reproduces it, end-of-sequence included: greedy exact match,
+    without generating. For one-token answers (LEGO, addition) it is the greedy answer.
+    """
     hidden = backbone(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                       position_ids=batch.get("position_ids"))  # [B, T, d]
     labels = batch["labels"]  # [B, T]
     sel = labels != -100  # [B, T]
     h, tgt = hidden[sel].float(), labels[sel]  # [n, d], [n]
+    row = sel.nonzero()[:, 0]  # [n]: the item each answer token belongs to
     weight = backbone.output_weight.float()  # [V, d]
     bias = backbone.output_bias
     logp = token_logprobs(h, weight, tgt, bias=None if bias is None else bias.float())  # [n]
-    logits = h @ weight.T + (0 if bias is None else bias.float())  # [n, V]: only answer positions, never [B*T, V]
-    correct = (logits.argmax(-1) == tgt).sum()
-    return -logp.sum(), torch.tensor(float(tgt.numel()), device=h.device), correct.float()
+    wrong = torch.zeros(labels.shape[0], device=h.device)  # [B]: wrong tokens per item
+    for i in range(0, h.shape[0], 2048):  # [<=2048, V] at a time: long answers x a large vocabulary stay small
+        logits = h[i:i + 2048] @ weight.T + (0 if bias is None else bias.float())  # [c, V]
+        wrong.index_add_(0, row[i:i + 2048], (logits.argmax(-1) != tgt[i:i + 2048]).float())
+    has_answer = sel.any(1)  # [B]
+    return torch.stack([-logp.sum(), torch.tensor(float(tgt.numel()), device=h.device),
+                        (has_answer & (wrong == 0)).sum().float(), has_answer.sum().float()])
 
 
 def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-skill (answer-token loss [k], greedy accuracy [k]) over the whole validation set, all ranks together."""
+    """Per-skill (answer-token loss [k], greedy exact-match accuracy [k]) over the whole validation set, all ranks
+    together."""
     rank, world = int(trainer.global_rank), int(trainer.world_size)
-    sums = torch.zeros(dm.k, 3, device=pl_module.device)  # [k, (nll, n, correct)]
+    sums = torch.zeros(dm.k, 4, device=pl_module.device)  # [k, (nll, answer tokens, answers right, answers)]
     was_training = pl_module.training
     pl_module.eval()
     for j in range(dm.k):
         for batch in dm.skill_val_batches(j, rank, world):
             batch = {key: v.to(pl_module.device) for key, v in batch.items()}
-            sums[j] += torch.stack(answer_stats(pl_module.backbone, batch))
+            sums[j] += answer_stats(pl_module.backbone, batch)
     pl_module.train(was_training)
     sums = trainer.strategy.reduce(sums, reduce_op="sum")  # identical on every rank
-    n = sums[:, 1].clamp(min=1)
-    return (sums[:, 0] / n).cpu().double().numpy(), (sums[:, 2] / n).cpu().double().numpy()
+    loss = sums[:, 0] / sums[:, 1].clamp(min=1)  # [k] mean loss per answer token
+    acc = sums[:, 2] / sums[:, 3].clamp(min=1)  # [k] greedy exact match per answer
+    return loss.cpu().double().numpy(), acc.cpu().double().numpy()
 
 
 class SkillEvalCallback(Callback):
@@ -88,22 +99,25 @@ class SkillEvalCallback(Callback):
         self.evals: list[dict[str, Any]] = []  # {"step", "loss": [k], "acc": [k]}
         self.mixtures: list[dict[str, Any]] = []  # {"step", "position", "weights": [k]}
         self.last_eval_step = -1
+        self.skill_names: list[str] | None = None  # the data module's, for metrics.json keys
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"evals": self.evals, "mixtures": self.mixtures, "last_eval_step": self.last_eval_step}
+        return {"evals": self.evals, "mixtures": self.mixtures, "last_eval_step": self.last_eval_step,
+                "skill_names": self.skill_names}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.evals = list(state_dict["evals"])
         self.mixtures = list(state_dict["mixtures"])
         self.last_eval_step = int(state_dict["last_eval_step"])
+        self.skill_names = state_dict.get("skill_names")  # absent in checkpoints before named skills
 
     # ---- hooks -----------------------------------------------------------------------------------------
     def _datamodule(self, trainer: pl.Trainer) -> Any:
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "skill_val_batches"):
             raise DataError(
-                f"{type(self).__name__} needs a skill-aware data module (data=lego or data=addition), got "
+                f"{type(self).__name__} needs a skill-aware data module (data=lego, addition or skills_jsonl), got "
                 f"{type(dm).__name__}; pick a skills data config or curriculum=none"
             )
         return dm
@@ -144,6 +158,7 @@ class SkillEvalCallback(Callback):
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         dm = self._datamodule(trainer)
         loss, acc = evaluate_skills(trainer, pl_module, dm)
+        self.skill_names = list(dm.skill_names)
         self.evals.append({"step": step, "loss": loss.tolist(), "acc": acc.tolist()})
         self.last_eval_step = step
         metrics = {f"skill/loss_{n}": float(x) for n, x in zip(dm.skill_names, loss)}
@@ -184,8 +199,9 @@ class SkillEvalCallback(Callback):
         if not self.evals:
             return {}
         last = self.evals[-1]
-        out: dict[str, Any] = {f"skill/acc_skill{i + 1}": a for i, a in enumerate(last["acc"])}
-        out.update({f"skill/loss_skill{i + 1}": x for i, x in enumerate(last["loss"])})
+        names = self.skill_names or [f"skill{i + 1}" for i in range(len(last["acc"]))]
+        out: dict[str, Any] = {f"skill/acc_{n}": a for n, a in zip(names, last["acc"])}
+        out.update({f"skill/loss_{n}": x for n, x in zip(names, last["loss"])})
         out["skill/acc_mean"] = float(np.mean(last["acc"]))
         half = min(self.evals, key=lambda e: abs(e["step"] - last["step"] / 2))
         out["skill/acc_mean_half"] = float(np.mean(half["acc"]))

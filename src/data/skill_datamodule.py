@@ -1,8 +1,10 @@
-"""`SkillDataModule`: a pool of skill-labelled questions (LEGO, per-digit addition) behind a `SkillSampler`.
+"""`SkillDataModule`: a pool of skill-labelled questions behind a `SkillSampler`: generated (LEGO, per-digit
+addition) or your own records (`data.task.kind: records`, src/data/tasks/skill_records.py).
 
-Each record is a prompt and a one-token answer. Items carry the answer as their only target (labels = -100
-everywhere else, pre-shifted: the label sits on the last prompt position), so the training loss, Lightning's
-`val/loss` and the per-skill losses of the Skill-It callback are all "loss at the answer token".
+Each record is a prompt and an answer: one token for the generated tasks, the response plus end-of-sequence for
+records. Items carry the answer as their only target (labels = -100 everywhere else, pre-shifted: a label sits on
+the position before its token), so the training loss, Lightning's `val/loss` and the per-skill losses of the
+Skill-It callback are all "loss on the answer tokens".
 
 Mixture: the train stream samples skills by the sampler's weights: `natural` = the pool's own (possibly
 imbalanced) proportions, i.e. uniform over examples ("random" baseline), `uniform` = equal per skill
@@ -31,11 +33,12 @@ from src.data.sampler import position_state, restore_position, samples_consumed_
 from src.data.skill_sampler import SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 from src.data.sources import to_plain
+from src.data.tasks.skill_records import SkillFields, assign_skills, hold_out_val, read_skill_records
 from src.data.tokenizer import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-TASK_KINDS = ("lego", "addition")
+TASK_KINDS = ("lego", "addition", "records")
 
 
 def generate_task(task: Mapping[str, Any], counts: list[int], seed: int) -> list[dict[str, Any]]:
@@ -56,18 +59,38 @@ def n_skills_of(task: Mapping[str, Any]) -> int:
     return int(task.get("k", 5)) if task.get("kind") == "lego" else int(task.get("n_digits", 3))
 
 
-class SkillItems(Dataset):
-    """Tokenized records: item = {input_ids [L], labels [L] (only the answer), skill []}."""
+def load_records(task: Mapping[str, Any], n_val: int, seed: int) -> tuple[list[dict], list[dict], list[str]]:
+    """(train pool grouped by skill, val set grouped by skill, skill names) of a `kind: records` task."""
+    if not task.get("path"):
+        raise DataError("data.task.path is not set; give the skills file: data.task.path=path/to/skills.jsonl")
+    fields = SkillFields(task.get("prompt_field", "prompt"), task.get("response_field", "response"),
+                         task.get("skill_field", "skill"))
+    recs = read_skill_records(task["path"], fields)
+    names = assign_skills(recs, task.get("skills"), str(task["path"]))
+    if task.get("val_path"):
+        val = read_skill_records(task["val_path"], fields)
+        assign_skills(val, names, str(task["val_path"]))
+        train = sorted(recs, key=lambda r: r["skill"])  # stable: file order within a skill
+        val = sorted(val, key=lambda r: r["skill"])
+    else:
+        train, val = hold_out_val(recs, len(names), n_val, seed)
+    return train, val, names
 
-    def __init__(self, ids: list[list[int]], skills: np.ndarray) -> None:
+
+class SkillItems(Dataset):
+    """Tokenized records: item = {input_ids [L], labels [L] (only the answer), skill []}; the last `n_target[i]`
+    tokens of record i are its answer."""
+
+    def __init__(self, ids: list[list[int]], skills: np.ndarray, n_target: Sequence[int] | None = None) -> None:
         self.ids, self.skills = ids, skills
+        self.n_target = n_target if n_target is not None else [1] * len(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = self.ids[i]
-        labels = [IGNORE_INDEX] * (len(ids) - 2) + [ids[-1]]  # pre-shifted: last prompt position -> answer
+        ids, n = self.ids[i], self.n_target[i]
+        labels = [IGNORE_INDEX] * (len(ids) - 1 - n) + ids[-n:]  # pre-shifted: position t predicts token t + 1
         return {
             "input_ids": torch.tensor(ids[:-1], dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
@@ -117,24 +140,32 @@ class SkillDataModule(L.LightningDataModule):
         self.task = to_plain(task)
         if self.task.get("kind") not in TASK_KINDS:
             raise DataError(f"data.task.kind={self.task.get('kind')!r} is not one of {TASK_KINDS}")
-        self.k = n_skills_of(self.task)
-        props = np.ones(self.k) if pool is None else np.asarray(to_plain(pool), dtype=np.float64)
-        if props.shape != (self.k,) or np.any(props <= 0):
-            raise DataError(f"data.pool={to_plain(pool)} must give {self.k} positive proportions (one per skill)")
-        self.pool_sizes = [max(1, int(round(n_train * p / props.sum()))) for p in props]
+        if batch_size < 1 or n_val_per_skill < 1:
+            raise DataError("data.batch_size and data.n_val_per_skill must be >= 1")
+        self._records: tuple[list[dict], list[dict]] | None = None
+        if self.task["kind"] == "records":
+            if pool is not None:
+                raise DataError("data.pool sets the proportions of a generated pool; a records pool has the "
+                                "file's own (set data.pool=null; data.mixture sets the sampling weights)")
+            train, val, names = load_records(self.task, int(n_val_per_skill), int(seed))
+            self._records, self.k, self.skill_names = (train, val), len(names), names
+            self.pool_sizes = np.bincount([r["skill"] for r in train], minlength=self.k).tolist()
+        else:
+            self.k = n_skills_of(self.task)
+            self.skill_names = [f"skill{i + 1}" for i in range(self.k)]
+            props = np.ones(self.k) if pool is None else np.asarray(to_plain(pool), dtype=np.float64)
+            if props.shape != (self.k,) or np.any(props <= 0):
+                raise DataError(f"data.pool={to_plain(pool)} must give {self.k} positive proportions (one per skill)")
+            self.pool_sizes = [max(1, int(round(n_train * p / props.sum()))) for p in props]
         self.natural = np.asarray(self.pool_sizes, dtype=np.float64) / sum(self.pool_sizes)
         self.initial_weights = self._resolve_mixture(to_plain(mixture))
         self.skills_graph = None if skills_graph is None else validate_graph(
             to_plain(skills_graph), self.k, "data.skills_graph")
-        if batch_size < 1 or n_val_per_skill < 1:
-            raise DataError("data.batch_size and data.n_val_per_skill must be >= 1")
         self.n_val_per_skill, self.batch_size = int(n_val_per_skill), int(batch_size)
         self.val_batch_size, self.num_workers = int(val_batch_size or batch_size), int(num_workers)
         self.tokenizer_cfg = to_plain(tokenizer) if tokenizer else {"vocab_size": 320}
         self.seed, self.cache_dir, self.pin_memory = int(seed), Path(cache_dir), bool(pin_memory)
         self._sample_prompts = list(sample_prompts) if sample_prompts else None
-        self.skill_names = [f"skill{i + 1}" for i in range(self.k)]
-        self._records: tuple[list[dict], list[dict]] | None = None
         self._tokenizer: Tokenizer | None = None
         self.train_dataset: SkillItems | None = None
         self.val_dataset: SkillItems | None = None
@@ -173,6 +204,15 @@ class SkillDataModule(L.LightningDataModule):
     def _encode(self, recs: list[dict], where: str) -> SkillItems:
         tok = self.tokenizer
         prompts = tok.encode_batch([r["prompt"] for r in recs])
+        if self.task["kind"] == "records":  # answer = response + eos, as SFT (src/data/sft.py)
+            answers = [a + [tok.eos_id] for a in tok.encode_batch([r["response"] for r in recs])]
+            limit = int(self.task.get("max_tokens", 1024))
+            for r, p, a in zip(recs, prompts, answers):
+                if len(p) + len(a) > limit:
+                    raise DataError(f"{r['where']}: {len(p) + len(a)} tokens, above data.task.max_tokens={limit}; "
+                                    "raise data.task.max_tokens or shorten the record")
+            return SkillItems([p + a for p, a in zip(prompts, answers)],
+                              np.asarray([r["skill"] for r in recs], dtype=np.int64), [len(a) for a in answers])
         answers = {a: tok.encode(a) for a in {r["response"] for r in recs}}
         for a, ids in answers.items():
             if len(ids) != 1:
@@ -272,4 +312,7 @@ class SkillDataModule(L.LightningDataModule):
         if self._sample_prompts:
             return list(self._sample_prompts)
         _, val = self.records()
-        return [val[i * self.n_val_per_skill]["prompt"] for i in range(self.k)]
+        first = {}
+        for r in val:  # the first validation prompt of every skill
+            first.setdefault(r["skill"], r["prompt"])
+        return [first[i] for i in range(self.k) if i in first]

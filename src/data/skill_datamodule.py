@@ -17,6 +17,7 @@ resumed run draws exactly the samples an uninterrupted one would.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -174,6 +175,7 @@ class SkillDataModule(L.LightningDataModule):
         self._consumed_step: int | None = 0  # global step at which _samples_consumed was recorded
         self._schedule: list[tuple[int, list[float]]] | None = None  # restored from a checkpoint
         self._order: tuple[np.ndarray, int, int] | None = None  # difficulty order, samples per step, steps
+        self._fingerprint: str | None = None
 
     def _resolve_mixture(self, mixture: Any) -> np.ndarray:
         if mixture == "natural":
@@ -293,9 +295,31 @@ class SkillDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         schedule = self.sampler.schedule_state() if self.sampler is not None else (
             self._schedule or [(0, [float(x) for x in self.initial_weights])])
-        return {**position_state(self.samples_consumed(), getattr(self, "trainer", None)), "schedule": schedule}
+        return {**position_state(self.samples_consumed(), getattr(self, "trainer", None)), "schedule": schedule,
+                "pool": {"sizes": [int(n) for n in self.pool_sizes], "fingerprint": self.pool_fingerprint()}}
+
+    def pool_fingerprint(self) -> str:
+        """A hash of the train pool in index order. The checkpoint's sample position and mixture address records
+        by index, so a resumed run must find the same pool: another file, `n_train`, `pool` or seed would
+        silently train on other records."""
+        if self._fingerprint is None:
+            h = hashlib.sha1()
+            for r in self.records()[0]:
+                h.update(f"{r['skill']}\x00{r['prompt']}\x00{r['response']}\x01".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("pool")  # absent in checkpoints written before it was recorded
+        if saved and (list(saved["sizes"]) != [int(n) for n in self.pool_sizes]
+                      or saved["fingerprint"] != self.pool_fingerprint()):
+            raise DataError(
+                f"the checkpoint was trained on another skills pool (sizes {list(saved['sizes'])}, fingerprint "
+                f"{saved['fingerprint']}; this data config gives {[int(n) for n in self.pool_sizes]}, "
+                f"{self.pool_fingerprint()}), and its sample position and mixture would point at other records. "
+                "Resume with the data settings the run started with (data.task, data.n_train, data.pool, seed), "
+                "or start a new run"
+            )
         self._samples_consumed, self._consumed_step = restore_position(state_dict)
         sched = state_dict.get("schedule")
         if sched:

@@ -153,3 +153,18 @@ def test_skillit_learns_from_a_records_file(tmp_path: Path) -> None:
         assert last["loss"][j] < 0.5 * first["loss"][j], (name, first["loss"][j], last["loss"][j])
         assert metrics[f"skill/acc_{name}"] >= 0.9, (name, metrics[f"skill/acc_{name}"])
     assert len(skills_json["mixtures"]) >= 3  # Skill-It moved the mixture during the run
+
+
+def test_resume_refuses_a_pool_that_changed_since_the_checkpoint(tmp_path: Path) -> None:
+    path = _write(tmp_path / "skills.jsonl", _records(60))
+    state = _dm(tmp_path, path).state_dict()
+    _dm(tmp_path, path).load_state_dict(state)  # the same file: resumes
+    _write(path, _records(60, seed=9))  # same sizes, other records
+    with pytest.raises(DataError, match=r"trained on another skills pool .* Resume with the data settings"):
+        _dm(tmp_path, path).load_state_dict(state)
+    lego = SkillDataModule(task={"kind": "lego", "k": 5}, n_train=550, pool=[1, 1, 1, 3, 5], n_val_per_skill=4,
+                           tokenizer={"vocab_size": 280}, seed=0, cache_dir=str(tmp_path / "cache"))
+    bigger = SkillDataModule(task={"kind": "lego", "k": 5}, n_train=1100, pool=[1, 1, 1, 3, 5], n_val_per_skill=4,
+                             tokenizer={"vocab_size": 280}, seed=0, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"sizes \[50, 50, 50, 150, 250\]"):
+        bigger.load_state_dict(lego.state_dict())

@@ -213,12 +213,12 @@ class SkillItCallback(SkillEvalCallback):
     """Skill-It online mixing (Algorithm 1): T rounds; each round's p from the last w evaluations and graph A.
 
     graph: a `[k, k]` list or a path to a yaml/json file holding one (e.g. written by
-    scripts/learn_skills_graph.py); null = the data config's `skills_graph`. target_skills: indices whose
-    columns count (fine-tuning for targets); null = all.
+    scripts/learn_skills_graph.py); null = the data config's `skills_graph`. target_skills: indices (or
+    skill names) whose columns count (fine-tuning for targets); null = all.
     """
 
     def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
-                 graph: Any = None, target_skills: list[int] | None = None, eval_at_start: bool = True) -> None:
+                 graph: Any = None, target_skills: list[int | str] | None = None, eval_at_start: bool = True) -> None:
         super().__init__(eval_every, eval_at_start)
         if rounds < 1 or window < 1 or eta < 0:
             raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")
@@ -258,7 +258,7 @@ class SkillItCallback(SkillEvalCallback):
         return (t - 1) * max_steps // self.rounds
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> None:
-        mask = target_mask(dm.k, self.target_skills)
+        mask = target_mask(dm.k, self.target_skills, dm.skill_names)
         if self.eval_every > max(1, trainer.max_steps // self.rounds):
             log.warning("Skill-It: eval_every=%d > round length %d: rounds reuse old losses",
                         self.eval_every, trainer.max_steps // self.rounds)
@@ -268,7 +268,7 @@ class SkillItCallback(SkillEvalCallback):
         if self.round >= self.rounds or step < self.round_start(self.round + 1, trainer.max_steps):
             return
         window = np.asarray([e["loss"] for e in self.evals[-self.window:]])  # [w, k]
-        p = skillit_mixture(self._graph(dm), window, self.eta, target_mask(dm.k, self.target_skills))
+        p = skillit_mixture(self._graph(dm), window, self.eta, target_mask(dm.k, self.target_skills, dm.skill_names))
         p = trainer.strategy.broadcast(p, src=0)  # identical already (all-reduced losses); make it certain
         self.round += 1
         self._set_mixture_everywhere(trainer, dm, p, step)

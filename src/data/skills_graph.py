@@ -46,14 +46,20 @@ def validate_graph(
     return a
 
 
-def target_mask(n_skills: int, target_skills: Sequence[int] | None) -> np.ndarray:
-    """`[k]` 0/1 mask of the evaluated skills that count (fine-tuning for targets); None = all skills."""
+def target_mask(n_skills: int, target_skills: Sequence[int | str] | None,
+                names: Sequence[str] | None = None) -> np.ndarray:
+    """`[k]` 0/1 mask of the evaluated skills that count (fine-tuning for targets); None = all skills. A target is
+    a skill index from 0, or a skill name from `names` (the data module's, e.g. a skills file's)."""
     m = np.zeros(n_skills) if target_skills is not None else np.ones(n_skills)
     for j in target_skills or ():
+        if isinstance(j, str) and not j.lstrip("-").isdigit():
+            if names is None or j not in names:
+                raise DataError(f"target skill {j!r} is not a skill name; the skills are {list(names or [])}")
+            j = list(names).index(j)
         if not 0 <= int(j) < n_skills:
             raise DataError(f"target skill {j} is out of range [0, {n_skills}); list skill indices from 0")
         m[int(j)] = 1.0
-    if not m.any():
+    if target_skills is not None and not m.any():
         raise DataError("target_skills is empty; list at least one skill index or set it to null (all skills)")
     return m
 

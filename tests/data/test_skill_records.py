@@ -14,6 +14,7 @@ import torch
 from src.callbacks.skillit import answer_stats
 from src.data.errors import DataError
 from src.data.skill_datamodule import SkillDataModule
+from src.data.skills_graph import target_mask
 from src.runtime.run import build_components
 from tests.helpers import compose_cfg
 
@@ -168,3 +169,13 @@ def test_resume_refuses_a_pool_that_changed_since_the_checkpoint(tmp_path: Path)
                              tokenizer={"vocab_size": 280}, seed=0, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError, match=r"sizes \[50, 50, 50, 150, 250\]"):
         bigger.load_state_dict(lego.state_dict())
+
+
+def test_integer_skill_names_sort_numerically_and_targets_take_names(tmp_path: Path) -> None:
+    recs = [{**r, "skill": {"const": 10, "copy": 2, "length": 1}[r["skill"]]} for r in _records(30)]
+    dm = _dm(tmp_path, _write(tmp_path / "skills.jsonl", recs))
+    assert dm.skill_names == ["1", "2", "10"]  # not "1", "10", "2"
+    names = ["const", "copy", "length"]
+    assert target_mask(3, ["length", 0], names).tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(DataError, match=r"'size' is not a skill name; the skills are \['const', 'copy', 'length'\]"):
+        target_mask(3, ["size"], names)

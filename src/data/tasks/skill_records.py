@@ -5,8 +5,8 @@ pool also needs each record's skill. The files are read with the same readers (.
 a directory or a glob of them), so a bad record is named by file and line the same way.
 
 Skills are named (any string or integer in the record); `data.task.skills` fixes their order (skill i = the i-th
-name, which is what graphs, `data.mixture` and `target_skills` index), else the names sorted. Every skill needs
-records; a record whose skill is not listed is an error, not silently dropped.
+name, which is what graphs, `data.mixture` and `target_skills` index), else the names sorted (integers
+numerically). Every skill needs records; a record whose skill is not listed is an error, not silently dropped.
 """
 
 from __future__ import annotations
@@ -62,9 +62,14 @@ def read_skill_records(path: str, fields: SkillFields) -> list[dict[str, Any]]:
     return recs
 
 
+def _name_order(name: str) -> tuple[int, int, str]:
+    """Integer names in numeric order (2 before 10), then the others alphabetically."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
 def assign_skills(recs: list[dict[str, Any]], skills: Sequence[Any] | None, origin: str) -> list[str]:
     """Set each record's `skill` index; returns the skill names (index order). `skills` None = sorted names."""
-    found = sorted({r["skill_name"] for r in recs})
+    found = sorted({r["skill_name"] for r in recs}, key=_name_order)
     names = found if skills is None else [str(s) for s in skills]
     if len(set(names)) != len(names):
         raise DataError(f"data.task.skills={names} names a skill twice; list each skill once")

@@ -86,6 +86,17 @@ def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any)
     return loss.cpu().double().numpy(), acc.cpu().double().numpy()
 
 
+def align_graph(graph: Any, graph_skills: list[str], data_skills: list[str], where: str) -> np.ndarray:
+    """A learned graph in the data's skill order. The file names the skills it was learned on (a skills file's
+    names are sorted unless data.task.skills orders them, so the same skills can come in another order)."""
+    if sorted(graph_skills) != sorted(data_skills):
+        raise DataError(f"{where} was learned on skills {graph_skills}, but the data has {data_skills}; learn a "
+                        "graph on this data (scripts/learn_skills_graph.py) or give the matrix inline")
+    a = np.asarray(graph, dtype=np.float64)
+    order = [graph_skills.index(n) for n in data_skills]
+    return a[np.ix_(order, order)] if a.shape == (len(order), len(order)) else a  # validate_graph names bad shapes
+
+
 class SkillEvalCallback(Callback):
     """Per-skill loss/accuracy every `eval_every` steps (and at the end), the mixture history, plots and summary."""
 
@@ -244,8 +255,10 @@ class SkillItCallback(SkillEvalCallback):
                 if not path.is_file():
                     raise DataError(f"curriculum graph file {g} does not exist; run scripts/learn_skills_graph.py "
                                     "or give the matrix inline")
-                g = yaml.safe_load(path.read_text())
-                g = g.get("graph", g) if isinstance(g, dict) else g
+                doc = yaml.safe_load(path.read_text())
+                g = doc.get("graph", doc) if isinstance(doc, dict) else doc
+                if isinstance(doc, dict) and doc.get("skills") is not None and g is not None:
+                    g = align_graph(g, [str(n) for n in doc["skills"]], list(dm.skill_names), str(path))
             if g is None:
                 g = dm.skills_graph
             if g is None:

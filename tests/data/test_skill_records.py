@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
-from src.callbacks.skillit import answer_stats
+from src.callbacks.skillit import SkillItCallback, answer_stats
 from src.data.errors import DataError
 from src.data.skill_datamodule import SkillDataModule
 from src.data.skills_graph import target_mask
@@ -179,3 +180,14 @@ def test_integer_skill_names_sort_numerically_and_targets_take_names(tmp_path: P
     assert target_mask(3, ["length", 0], names).tolist() == [1.0, 0.0, 1.0]
     with pytest.raises(DataError, match=r"'size' is not a skill name; the skills are \['const', 'copy', 'length'\]"):
         target_mask(3, ["size"], names)
+
+
+def test_a_learned_graph_file_is_put_in_the_data_skill_order(tmp_path: Path) -> None:
+    graph = tmp_path / "skills_graph.yaml"  # learned with skills ordered [copy, const]: copy helps const
+    graph.write_text("skills: [copy, const]\ngraph:\n- [1.0, 0.5]\n- [0.0, 1.0]\n")
+    dm = SimpleNamespace(k=2, skill_names=["const", "copy"], skills_graph=None)
+    aligned = SkillItCallback(graph=str(graph))._graph(dm)
+    assert aligned.tolist() == [[1.0, 0.0], [0.5, 1.0]]  # row copy (now 1) still helps column const (now 0)
+    other = SimpleNamespace(k=2, skill_names=["const", "length"], skills_graph=None)
+    with pytest.raises(DataError, match=r"learned on skills \['copy', 'const'\], but the data has"):
+        SkillItCallback(graph=str(graph))._graph(other)

@@ -119,6 +119,8 @@ class LMDataModule(L.LightningDataModule):
         self.shuffle, self.pin_memory = bool(shuffle), bool(pin_memory)
         self._samples_consumed = 0
         self._consumed_step: int | None = 0  # global step at which _samples_consumed was recorded
+        self._restored_identity: str | None = None  # the checkpoint's data_identity(), checked once
+        self._identity: str | None = None
         # StochasTok (src/data/stochastok.py): train rows are re-segmented on the fly; p = 0 is off
         self.stochastok = StochasTokConfig.from_cfg(stochastok)
         if self.stochastok.enabled and format != "pretrain":
@@ -251,6 +253,7 @@ class LMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
+        self._check_restored_identity()
         rank, world = self._rank_world()
         tagged = isinstance(self.train_dataset, StochasTokPackedDataset)  # keys (index, epoch): fresh splits per epoch
         sampler_cls = EpochTaggedSampler if tagged else InfiniteSampler
@@ -297,10 +300,37 @@ class LMDataModule(L.LightningDataModule):
         return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return position_state(self.samples_consumed(), getattr(self, "trainer", None))
+        return {**position_state(self.samples_consumed(), getattr(self, "trainer", None)),
+                "data": self.data_identity()}
+
+    def data_identity(self) -> str | None:
+        """What the stream position indexes: the train split (records, seed, val split), the tokenizer, seq_len
+        and the number of rows. None before setup."""
+        if self.train_dataset is None:
+            return None
+        if self._identity is None:  # fixed once set up; computed once, not at every checkpoint
+            split = self._raw_splits()[0]
+            self._identity = (f"{split.fingerprint}|{tokenizer_fingerprint(self.tokenizer)}|seq{self.seq_len}|"
+                              f"rows{len(self.train_dataset)}")
+        return self._identity
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._samples_consumed, self._consumed_step = restore_position(state_dict)
+        self._restored_identity = state_dict.get("data")  # absent in checkpoints written before it was recorded
+
+    def _check_restored_identity(self) -> None:
+        """A resumed run on other training data continues at the same sample count in *that* data: legitimate
+        when meant (continued training on a new corpus), silent drift when not (an edited file, another seed or
+        seq_len). Say so once; a warning, not an error, because the first case is a real use."""
+        saved, now = self._restored_identity, self.data_identity()
+        if saved and now and saved != now:
+            log.warning(
+                "the training data differs from the checkpoint's (%s, now %s; files compare by path, size and "
+                "modification time, so a rewritten file counts as new): the run continues at sample %d of this "
+                "data, not where the checkpointed run was in its own. If that is not meant, resume with the data "
+                "settings the run started with (data.source, data.seed, data.seq_len, data.tokenizer)",
+                saved, now, self._samples_consumed)
+        self._restored_identity = None
 
     # -- generation ----------------------------------------------------------------------------------------------
     def sample_prompts(self) -> list[str]:

@@ -328,3 +328,25 @@ def test_seed_worker_streams_are_distinct_and_reproducible():
     streams = [draws(*k) for k in keys]
     assert len({s for stream in streams for s in stream}) == 3 * len(keys)
     assert [draws(*k) for k in keys] == streams
+
+
+def test_resume_on_other_training_data_says_so_once(tmp_path, corpus, caplog):
+    dm = _pretrain_dm(tmp_path, corpus)
+    dm.setup("fit")
+    state = dm.state_dict()
+    assert state["data"] and state["samples_consumed"] == 0
+
+    same = LMDataModule(source={"kind": "file", "path": str(tmp_path / "train.jsonl")}, tokenizer={"vocab_size": 300},
+                        seq_len=32, batch_size=4, val_fraction=0.1, seed=0, cache_dir=str(tmp_path / "cache"))
+    same.load_state_dict(state)
+    with caplog.at_level("WARNING", logger="src.data.lm_datamodule"):
+        same.train_dataloader()
+    assert "differs from the checkpoint" not in caplog.text  # the same data: silent
+
+    edited = _pretrain_dm(tmp_path, [t.upper() for t in corpus])  # same file name, other records
+    edited.load_state_dict(state)
+    with caplog.at_level("WARNING", logger="src.data.lm_datamodule"):
+        edited.train_dataloader()
+        edited.train_dataloader()  # a second loader (next epoch) does not repeat it
+    assert caplog.text.count("the training data differs from the checkpoint's") == 1
+    assert "resume with the data settings the run started with" in caplog.text

@@ -73,7 +73,7 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, corpus):
     # a checkpoint after 3 optimizer steps (accumulate 1, one device)
     dm.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=1, world_size=1, global_rank=0)
     state = dm.state_dict()
-    assert state == {"samples_consumed": 3 * 4, "global_step": 3}
+    assert state == {"samples_consumed": 3 * 4, "global_step": 3, "data": dm.data_identity()} and state["data"]
     dm2 = _pretrain_dm(tmp_path, corpus, num_workers=2)
     dm2.load_state_dict(state)
     dm2.setup("fit")
@@ -84,7 +84,7 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, corpus):
 def test_state_dict_counts_all_ranks_and_accumulation(tmp_path, corpus):
     dm = _pretrain_dm(tmp_path, corpus)
     dm.trainer = SimpleNamespace(global_step=5, accumulate_grad_batches=2, world_size=2, global_rank=1)
-    assert dm.state_dict() == {"samples_consumed": 5 * 2 * 4 * 2, "global_step": 5}
+    assert dm.state_dict() == {"samples_consumed": 5 * 2 * 4 * 2, "global_step": 5, "data": None}  # not set up
 
 
 def test_position_stays_exact_across_resumes_with_another_global_batch(tmp_path, corpus):

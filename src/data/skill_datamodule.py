@@ -90,7 +90,8 @@ class SkillItems(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids, n = self.ids[i], self.n_target[i]
+        ids = self.ids[i]
+        n = min(self.n_target[i], len(ids) - 1)  # an empty prompt: the first token has nothing before it
         labels = [IGNORE_INDEX] * (len(ids) - 1 - n) + ids[-n:]  # pre-shifted: position t predicts token t + 1
         return {
             "input_ids": torch.tensor(ids[:-1], dtype=torch.long),

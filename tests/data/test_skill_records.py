@@ -64,6 +64,13 @@ def test_records_become_a_skill_pool_grouped_by_skill_with_response_labels(tmp_p
         assert target == tok.encode(rec["response"]) + [tok.eos_id]  # the response and eos, nothing else
         assert item["skill"] == dm.skill_names.index(rec["skill_name"])
 
+    empty = _dm(tmp_path, _write(tmp_path / "e.jsonl", [{**r, "prompt": ""} for r in _records(30)]))
+    empty.setup("fit")
+    item = empty.train_dataset[0]  # response "yes" + eos, no prompt: its first token cannot be a target
+    assert item["input_ids"].shape == item["labels"].shape
+    assert item["labels"][item["labels"] != -100].tolist() == empty.tokenizer.encode("yes")[1:] + [
+        empty.tokenizer.eos_id]
+
     ordered = _dm(tmp_path, tmp_path / "skills.jsonl", task={"skills": ["length", "const", "copy"]})
     assert ordered.skill_names == ["length", "const", "copy"]
     assert [r["skill_name"] for r in ordered.records()[0][:1]] == ["length"]  # index order follows the list

@@ -181,10 +181,8 @@ def run(jobs: list[Job], budget_s: float, parallel: int, grace_s: float, python:
                 job = queue.pop(0)
                 launch(job, python)
                 print(f"[{now - start:6.0f} s] {job.name}: started (log {job.log})", flush=True)
-        elif queue:
-            for job in queue:
-                job.state = "waiting"
-            queue = []
+        else:
+            queue = []  # past the budget: jobs not started yet stay "waiting" for the next call
         if now - last_report >= 60:
             last_report = now
             steps = ", ".join(f"{j.name} {last_step(j.run_dir)}" for j in jobs if j.state == "running")

@@ -40,11 +40,15 @@ class Hasher:
         return self._h.hexdigest()[:n]
 
 
-def file_stamp(path: str | os.PathLike) -> list[Any]:
-    """Identity of a local file for cache keys: resolved path, size and mtime (cheap; no full read)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return [str(p), st.st_size, st.st_mtime_ns]
+def file_digest(path: str | os.PathLike) -> str:
+    """Content identity of a local file for cache keys: sha256 of its bytes, read in 1 MiB blocks.
+
+    Content, not path+size+mtime: a file rewritten with the same bytes (a re-export, a `cp`, a checkout) keeps its
+    key, so it is neither re-tokenized nor reported as other data on resume, and an edit that keeps size and mtime
+    still changes the key. The sources read every byte anyway, so the extra pass costs little next to parsing.
+    """
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _umask() -> int:

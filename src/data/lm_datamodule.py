@@ -325,10 +325,10 @@ class LMDataModule(L.LightningDataModule):
         saved, now = self._restored_identity, self.data_identity()
         if saved and now and saved != now:
             log.warning(
-                "the training data differs from the checkpoint's (%s, now %s; files compare by path, size and "
-                "modification time, so a rewritten file counts as new): the run continues at sample %d of this "
-                "data, not where the checkpointed run was in its own. If that is not meant, resume with the data "
-                "settings the run started with (data.source, data.seed, data.seq_len, data.tokenizer)",
+                "the training data differs from the checkpoint's (%s, now %s; files compare by content): the run "
+                "continues at sample %d of this data, not where the checkpointed run was in its own. If that is "
+                "not meant, resume with the data settings the run started with (data.source, data.seed, "
+                "data.seq_len, data.tokenizer)",
                 saved, now, self._samples_consumed)
         self._restored_identity = None
 

@@ -29,7 +29,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
-from src.data.cache import Hasher, file_stamp
+from src.data.cache import Hasher, file_digest
 from src.data.errors import DataError
 
 TEXT_EXTS = (".txt",)
@@ -279,7 +279,7 @@ def load_source(spec: str | Mapping[str, Any], fields: Fields, cache_dir: str | 
         split = spec.get("txt_split", "paragraph")
         pairs = [wr for f in files for wr in _read_file(f, fields, split)]
         records = [r for _, r in pairs]
-        fp = Hasher().update_json([[file_stamp(f) for f in files], split, fields.__dict__]).hexdigest()
+        fp = Hasher().update_json([[file_digest(f) for f in files], split, fields.__dict__]).hexdigest()
         origin = files[0] if len(files) == 1 else f"{spec['path']} ({len(files)} files)"
         ds = datasets.Dataset.from_list(records) if records else None
         locations = Locations.of(len(pairs), origin, [w for w, _ in pairs])

@@ -296,7 +296,7 @@ def test_tokenization_is_cached_and_reused(tmp_path, corpus, monkeypatch):
     first.setup("fit")
     assert list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
     args = dict(source=first.source, tokenizer={"vocab_size": 300}, seq_len=32, batch_size=4, val_fraction=0.1,
-                seed=0, cache_dir=str(tmp_path / "cache"))  # the same file, not rewritten (its mtime is in the key)
+                seed=0, cache_dir=str(tmp_path / "cache"))  # the same file: the same content key
 
     def boom(self, batch, indices):
         raise AssertionError("re-tokenized although the cache holds this exact dataset")

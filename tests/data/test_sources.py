@@ -88,3 +88,23 @@ def test_json_array_file(tmp_path):
     (tmp_path / "arr.json").write_text(json.dumps([{"text": "a"}, {"nope": 1}]), encoding="utf-8")
     with pytest.raises(DataError, match=r"arr.json record 1"):
         load_source(str(tmp_path / "arr.json"), PRETRAIN, tmp_path)
+
+
+def test_fingerprint_follows_the_files_content_not_their_path_or_mtime(tmp_path):
+    """The fingerprint keys the tokenized cache and the resume check: an identical rewrite or copy of the data must
+    keep it (no re-tokenizing, no "other data" warning), and any edit must change it, even one that keeps the size
+    and the mtime (which a path+size+mtime key would miss)."""
+    import os
+    import shutil
+
+    path = tmp_path / "a.jsonl"
+    write_jsonl(path, [{"text": "one"}, {"text": "two"}])
+    fp = load_source(str(path), PRETRAIN, tmp_path).fingerprint
+    write_jsonl(path, [{"text": "one"}, {"text": "two"}])  # the same bytes again
+    os.utime(path, (1, 1))
+    assert load_source(str(path), PRETRAIN, tmp_path).fingerprint == fp
+    shutil.copy(path, tmp_path / "copy.jsonl")
+    assert load_source(str(tmp_path / "copy.jsonl"), PRETRAIN, tmp_path).fingerprint == fp
+    write_jsonl(path, [{"text": "one"}, {"text": "twO"}])  # same size; restore the old mtime
+    os.utime(path, (1, 1))
+    assert load_source(str(path), PRETRAIN, tmp_path).fingerprint != fp

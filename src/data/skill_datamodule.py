@@ -40,6 +40,7 @@ from src.data.tokenizer import Tokenizer, build_tokenizer
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 TASK_KINDS = ("lego", "addition", "records")
+LOSS_ON = ("answer", "all")  # training targets: the answer tokens only, or every next token (validation: answer)
 
 
 def generate_task(task: Mapping[str, Any], counts: list[int], seed: int) -> list[dict[str, Any]]:
@@ -137,9 +138,13 @@ class SkillDataModule(L.LightningDataModule):
         cache_dir: str = ".cache",
         sample_prompts: list[str] | None = None,
         pin_memory: bool = False,
+        loss_on: str = "answer",
     ) -> None:
         super().__init__()
         self.task = to_plain(task)
+        if loss_on not in LOSS_ON:
+            raise DataError(f"data.loss_on={loss_on!r} must be one of {LOSS_ON}")
+        self.loss_on = loss_on
         if self.task.get("kind") not in TASK_KINDS:
             raise DataError(f"data.task.kind={self.task.get('kind')!r} is not one of {TASK_KINDS}")
         if batch_size < 1 or n_val_per_skill < 1:
@@ -232,6 +237,8 @@ class SkillDataModule(L.LightningDataModule):
             return
         train, val = self.records()
         self.train_dataset = self._encode(train, "train pool")
+        if self.loss_on == "all":  # every next token is a target; the label shift makes that len(ids) - 1
+            self.train_dataset.n_target = [len(ids) - 1 for ids in self.train_dataset.ids]
         self.val_dataset = self._encode(val, "validation set")
         log.info("skills data: pool %s, %d val per skill", self.pool_sizes, self.n_val_per_skill)
 

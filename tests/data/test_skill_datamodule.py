@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from src.data.errors import DataError
 from src.data.skill_datamodule import SkillDataModule
@@ -35,6 +36,24 @@ def test_batches_train_only_the_answer_token(cache: Path) -> None:
         # the label sits on the last prompt token
         assert tok.decode(batch["input_ids"][row, : t + 1].tolist()).endswith("?")
     assert batch["skill"].shape == (8,)
+
+
+def test_loss_on_all_trains_every_next_token_and_validates_the_answer(cache: Path) -> None:
+    """`loss_on=all` is the reference code's LM loss on the whole text: every next token of prompt and answer is a
+    train target, while validation (val/loss, per-skill loss and accuracy) stays on the answer token."""
+    dm = make_dm(cache, loss_on="all")
+    batch = next(iter(dm.train_dataloader()))
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]  # [B, T]
+    n = mask.sum(1)  # [B]
+    for row in range(4):
+        m = int(n[row])
+        assert torch.equal(labels[row, : m - 1], ids[row, 1:m])  # pre-shifted: position t predicts token t + 1
+        assert dm.tokenizer.decode([int(labels[row, m - 1])]) in ("0", "1")  # the answer is the last target
+        assert (labels[row, m:] == -100).all()  # padding is never a target
+    val = next(iter(dm.val_dataloader()))
+    assert ((val["labels"] != -100).sum(1) == 1).all()
+    with pytest.raises(DataError, match="loss_on"):
+        make_dm(cache, loss_on="prompt")
 
 
 def test_mixtures_and_config_errors(cache: Path) -> None:

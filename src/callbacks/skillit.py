@@ -338,7 +338,7 @@ class DifficultyCurriculumCallback(SkillEvalCallback):
         ref.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
         ref.eval()
         dm.setup("fit")
-        loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=256, shuffle=False,
+        loader = torch.utils.data.DataLoader(dm.train_dataset.answers_only(), batch_size=256, shuffle=False,
                                              collate_fn=dm.val_dataloader().collate_fn,
                                              generator=torch.Generator().manual_seed(0))  # global RNG untouched
         losses = []

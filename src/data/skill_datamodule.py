@@ -80,19 +80,25 @@ def load_records(task: Mapping[str, Any], n_val: int, seed: int) -> tuple[list[d
 
 
 class SkillItems(Dataset):
-    """Tokenized records: item = {input_ids [L], labels [L] (only the answer), skill []}; the last `n_target[i]`
-    tokens of record i are its answer."""
+    """Tokenized records: item = {input_ids [L], labels [L], skill []}; the last `n_answer[i]` tokens of record i are
+    its answer. Labels are the answer tokens, or with `all_tokens` every next token (`data.loss_on=all`)."""
 
-    def __init__(self, ids: list[list[int]], skills: np.ndarray, n_target: Sequence[int] | None = None) -> None:
-        self.ids, self.skills = ids, skills
-        self.n_target = n_target if n_target is not None else [1] * len(ids)
+    def __init__(self, ids: list[list[int]], skills: np.ndarray, n_answer: Sequence[int] | None = None,
+                 all_tokens: bool = False) -> None:
+        self.ids, self.skills, self.all_tokens = ids, skills, all_tokens
+        self.n_answer = n_answer if n_answer is not None else [1] * len(ids)
+
+    def answers_only(self) -> SkillItems:
+        """The same items labelled on their answers alone (what per-example difficulty is measured on)."""
+        return SkillItems(self.ids, self.skills, self.n_answer)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids = self.ids[i]
-        n = min(self.n_target[i], len(ids) - 1)  # an empty prompt: the first token has nothing before it
+        # an empty prompt: the first token has nothing before it
+        n = len(ids) - 1 if self.all_tokens else min(self.n_answer[i], len(ids) - 1)
         labels = [IGNORE_INDEX] * (len(ids) - 1 - n) + ids[-n:]  # pre-shifted: position t predicts token t + 1
         return {
             "input_ids": torch.tensor(ids[:-1], dtype=torch.long),
@@ -216,6 +222,9 @@ class SkillDataModule(L.LightningDataModule):
             answers = [a + [tok.eos_id] for a in tok.encode_batch([r["response"] for r in recs])]
             limit = int(self.task.get("max_tokens", 1024))
             for r, p, a in zip(recs, prompts, answers):
+                if len(p) + len(a) < 2:  # only eos: nothing to condition on and nothing to predict
+                    raise DataError(f"{r['where']}: the prompt and the response are both empty; fix or drop the "
+                                    "record")
                 if len(p) + len(a) > limit:
                     raise DataError(f"{r['where']}: {len(p) + len(a)} tokens, above data.task.max_tokens={limit}; "
                                     "raise data.task.max_tokens or shorten the record")
@@ -237,8 +246,7 @@ class SkillDataModule(L.LightningDataModule):
             return
         train, val = self.records()
         self.train_dataset = self._encode(train, "train pool")
-        if self.loss_on == "all":  # every next token is a target; the label shift makes that len(ids) - 1
-            self.train_dataset.n_target = [len(ids) - 1 for ids in self.train_dataset.ids]
+        self.train_dataset.all_tokens = self.loss_on == "all"
         self.val_dataset = self._encode(val, "validation set")
         log.info("skills data: pool %s, %d val per skill", self.pool_sizes, self.n_val_per_skill)
 

@@ -52,6 +52,8 @@ def test_loss_on_all_trains_every_next_token_and_validates_the_answer(cache: Pat
         assert (labels[row, m:] == -100).all()  # padding is never a target
     val = next(iter(dm.val_dataloader()))
     assert ((val["labels"] != -100).sum(1) == 1).all()
+    answer = dm.train_dataset.answers_only()[0]["labels"]  # what the difficulty curricula rank examples by
+    assert int((answer != -100).sum()) == 1
     with pytest.raises(DataError, match="loss_on"):
         make_dm(cache, loss_on="prompt")
 

@@ -117,6 +117,9 @@ def test_bad_records_config_gets_one_message(tmp_path: Path) -> None:
     long = _dm(tmp_path, path, task={"max_tokens": 4})
     with pytest.raises(DataError, match=r"skills.jsonl line \d+: \d+ tokens, above data.task.max_tokens=4"):
         long.setup("fit")
+    empty = _write(tmp_path / "empty.jsonl", [*_records(30), {"prompt": "", "response": "", "skill": "copy"}])
+    with pytest.raises(DataError, match="empty.jsonl line 31: the prompt and the response are both empty"):
+        _dm(tmp_path, empty, n_val_per_skill=1).setup("fit")
 
 
 class _NextToken(torch.nn.Module):

@@ -4,7 +4,8 @@ addition) or your own records (`data.task.kind: records`, src/data/tasks/skill_r
 Each record is a prompt and an answer: one token for the generated tasks, the response plus end-of-sequence for
 records. Items carry the answer as their only target (labels = -100 everywhere else, pre-shifted: a label sits on
 the position before its token), so the training loss, Lightning's `val/loss` and the per-skill losses of the
-Skill-It callback are all "loss on the answer tokens".
+Skill-It callback are all "loss on the answer tokens". `loss_on="all"` makes every next token a training target
+(the reference code's LM loss on the whole text); validation stays on the answer.
 
 Mixture: the train stream samples skills by the sampler's weights: `natural` = the pool's own (possibly
 imbalanced) proportions, i.e. uniform over examples ("random" baseline), `uniform` = equal per skill
@@ -97,7 +98,7 @@ class SkillItems(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids = self.ids[i]
-        # an empty prompt: the first token has nothing before it
+        # all: every next token; answer: its tokens (after an empty prompt the first has nothing before it)
         n = len(ids) - 1 if self.all_tokens else min(self.n_answer[i], len(ids) - 1)
         labels = [IGNORE_INDEX] * (len(ids) - 1 - n) + ids[-n:]  # pre-shifted: position t predicts token t + 1
         return {

@@ -9,6 +9,7 @@ of train.py.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from src.models.lm import CausalLMModule
+from src.models.logprobs import batch_logprobs
+from src.models.objective import StepOutput
+from src.models.reference import ReferenceModel
 from src.runtime.convert_checkpoint import convert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +43,9 @@ class GlobalLossProbe(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         # The module returns each micro-batch's label-NLL sum and count next to the (scaled) objective.
-        local = torch.stack([outputs["nll_sum"].double(), outputs["n_tokens"].double()]).to(pl_module.device)  # [2]
-        assert int(outputs["n_tokens"]) == int((batch["labels"] != -100).sum())
+        out = StepOutput.of(outputs)
+        local = torch.stack([out.numerator.double(), out.denominator.double()]).to(pl_module.device)  # [2]
+        assert int(out.denominator) == int((batch["labels"] != -100).sum())
         gathered = trainer.strategy.all_gather(local).reshape(-1, 2).cpu()  # [world, 2]
         self.records.append({
             "step": int(trainer.global_step),  # after this micro-batch (advances on a window's last one)
@@ -97,3 +103,29 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     if ckpt.is_dir():
         ckpt = convert(ckpt, run_dir / "consolidated.ckpt")
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+class ReferenceProbeLM(CausalLMModule):
+    """The causal LM plus a frozen reference (src/models/reference.py) scored on every batch: logs
+    `train/ref_gap`, the label-token mean of log π − log π_ref (0 while the policy equals its starting weights),
+    and writes how the strategy placed the reference to reference_probe.json (rank 0)."""
+
+    def __init__(self, *args: Any, reference: str = "copy", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference = ReferenceModel(self.backbone, reference, kernel=self.kernel)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        out = super().compute_loss(batch)
+        tl = batch_logprobs(self.backbone, batch, kernel=self.kernel)  # [B, T]
+        gap = ((tl.logp.detach() - self.reference.logprobs(batch)) * tl.mask).sum() / tl.mask.sum().clamp(min=1)
+        out.metrics["ref_gap"] = gap
+        return out
+
+    def on_train_end(self) -> None:
+        ref = self.reference.module
+        kinds = sorted({type(p).__name__ for p in ref.parameters()}) if ref is not None else []
+        shapes = [tuple(p.shape) for p in ref.parameters()] if ref is not None else []
+        if self.trainer.global_rank == 0:
+            Path(self.trainer.default_root_dir, "reference_probe.json").write_text(json.dumps({
+                "param_types": kinds, "requires_grad": any(p.requires_grad for p in self.reference.parameters()),
+                "n_params_seen": int(sum(math.prod(s) for s in shapes))}))

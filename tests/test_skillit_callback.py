@@ -12,6 +12,7 @@ import torch
 
 from src.callbacks.skillit import SkillEvalCallback, SkillItCallback
 from src.data.skills_graph import skillit_mixture
+from src.models.objective import StepOutput
 from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.run import build_components
 from tests.helpers import compose_cfg
@@ -34,7 +35,7 @@ class _Record(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.skills.append(batch["skill"].tolist())
-        self.losses.append(float(outputs["nll_sum"] / outputs["n_tokens"]))  # this micro-batch's token mean
+        self.losses.append(float(StepOutput.of(outputs).loss))  # this micro-batch's token mean
 
 
 class _StopAt(pl.Callback):

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from src.data.cache import atomic_write_text
-from src.models.components.generation import generate
+from src.models.objective import StepOutput
 
 
 class RunArtifacts(Callback):
@@ -60,12 +60,14 @@ class RunArtifacts(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if not isinstance(outputs, dict) or "nll_sum" not in outputs:
-            return  # not a CausalLMModule step (or a skipped one)
-        # The step's loss is Σ NLL / Σ label tokens over its micro-batches and ranks: the exact token mean, whatever
-        # the batch split and the module's loss normalisation (the returned `loss` is scaled for the backward).
+        out = StepOutput.of(outputs)
+        if out is None:
+            return  # a skipped step, or a module not built on src/models/objective.py
+        # The step's loss is Σ numerator / Σ denominator over its micro-batches and ranks (for the causal LM: the
+        # exact token mean), whatever the batch split and the module's loss normalisation (the returned `loss` is
+        # scaled for the backward).
         self._worked = True
-        self._micro.append((float(outputs["nll_sum"]), float(outputs["n_tokens"])))
+        self._micro.append((float(out.numerator), float(out.denominator)))
         if trainer.global_step == self._seen_step:
             return  # still inside an accumulation window
         sums = torch.tensor([sum(x for x, _ in self._micro), sum(n for _, n in self._micro)],
@@ -121,31 +123,24 @@ class RunArtifacts(Callback):
         }
 
     def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[str, str]]:
+        """(prompt, continuation) pairs from the objective's own `sample` (autoregressive, diffusion, ...); none when
+        the module cannot sample or the data offers no prompts."""
         dm = trainer.datamodule
-        tok = getattr(pl_module, "tokenizer", None)
-        if self.sample_max_new_tokens <= 0 or tok is None or dm is None or not hasattr(dm, "sample_prompts"):
+        sample = getattr(pl_module, "sample", None)
+        if self.sample_max_new_tokens <= 0 or sample is None or dm is None or not hasattr(dm, "sample_prompts"):
             return []
         prompts = list(dm.sample_prompts())
         if not prompts:
             return []
-        encoded = [tok.encode(p) or [tok.eos_id] for p in prompts]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):  # left padding
-            ids[i, width - len(e):] = torch.tensor(e)
-            mask[i, width - len(e):] = 1
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
-            new = generate(
-                pl_module.backbone, ids.to(pl_module.device), mask.to(pl_module.device),
-                max_new_tokens=self.sample_max_new_tokens, temperature=self.sample_temperature,
-                stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id,
-            )
-        pl_module.train(was_training)
-        special = set(tok.special_ids)
-        return [(p, tok.decode([t for t in row.tolist() if t not in special])) for p, row in zip(prompts, new)]
+        try:
+            with torch.no_grad():
+                texts = sample(prompts, max_new_tokens=self.sample_max_new_tokens,
+                               temperature=self.sample_temperature)
+        finally:
+            pl_module.train(was_training)
+        return list(zip(prompts, texts)) if texts is not None else []
 
     def _plot(self, path: Path) -> None:
         if not self.train_history:

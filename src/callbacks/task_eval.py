@@ -23,8 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from src.kernels import token_logprobs
-from src.models.components.generation import generate
+from src.models.logprobs import batch_logprobs
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -51,30 +50,24 @@ def option_logliks(backbone: torch.nn.Module, tok: Any, prompts: Sequence[str], 
             inp[i, : len(ids) - 1] = x[:-1]
             att[i, : len(ids) - 1] = 1
             lab[i, n_prompt - 1 : len(ids) - 1] = x[n_prompt:]  # only the option's tokens are scored
-        hidden = backbone(inp.to(device), attention_mask=att.to(device))  # [B, T, d]
-        logp = token_logprobs(hidden.flatten(0, 1), backbone.output_weight, lab.to(device).flatten(),
-                              bias=backbone.output_bias)  # [B*T], 0 where IGNORE
-        scores[s : s + len(chunk)] = logp.view(len(chunk), t).sum(1).float().cpu()
+        batch = {"input_ids": inp.to(device), "labels": lab.to(device), "attention_mask": att.to(device)}
+        logp = batch_logprobs(backbone, batch).logp  # [B, T], 0 where IGNORE
+        scores[s : s + len(chunk)] = logp.sum(1).float().cpu()
     return scores.view(len(prompts), -1)
 
 
 @torch.no_grad()
-def greedy_answers(backbone: torch.nn.Module, tok: Any, prompt_ids: Sequence[list[int]], max_new_tokens: int,
+def greedy_answers(module: Any, tok: Any, prompt_ids: Sequence[list[int]], max_new_tokens: int,
                    batch_size: int = 128) -> list[str]:
-    """Greedy continuations (decoded, up to the first eos) of already-tokenized prompts."""
+    """Greedy continuations (decoded, up to the first eos) of already-tokenized prompts, by the objective's own
+    sampler (`Objective.sample_ids`)."""
     out: list[str] = []
-    device = backbone.output_weight.device
     for s in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[s : s + batch_size]
-        width = max(len(e) for e in chunk)
-        ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)  # [B, T] left-padded
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(chunk):
-            ids[i, width - len(e) :] = torch.tensor(e)
-            mask[i, width - len(e) :] = 1
-        new = generate(backbone, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, temperature=0.0,
-                       stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id)  # [B, max_new_tokens]
-        for row in new.tolist():
+        rows = module.sample_ids(list(prompt_ids[s : s + batch_size]), max_new_tokens, 0.0)
+        if rows is None:
+            raise ValueError(f"{type(module).__name__} cannot generate text, so the addition task cannot be "
+                             "evaluated on it; remove the addition_eval callback")
+        for row in rows:
             cut = row.index(tok.eos_id) if tok.eos_id in row else len(row)
             out.append(tok.decode(row[:cut]))
     return out
@@ -93,8 +86,8 @@ class _TaskEval(Callback, abc.ABC):
         self.results: dict[str, float] = {}
 
     @abc.abstractmethod
-    def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
-        """Task metrics of the current model (no prefix)."""
+    def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
+        """Task metrics of the current model (no prefix); `module` is the objective (its `backbone`, `sample_ids`)."""
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tok = getattr(pl_module, "tokenizer", None)
@@ -103,7 +96,7 @@ class _TaskEval(Callback, abc.ABC):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            res = self.evaluate(pl_module.backbone, tok)
+            res = self.evaluate(pl_module, tok)
         finally:
             pl_module.train(was_training)
         self.results = {f"{self.prefix}/{k}": float(v) for k, v in res.items()}
@@ -148,8 +141,8 @@ class LangGameEval(_TaskEval):
         scores = option_logliks(backbone, tok, [q["prompt"] for q in qs], [q["options"] for q in qs])  # [Q, 4]
         return (scores.argmax(1) == torch.tensor([q["answer"] for q in qs])).tolist()
 
-    def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
-        qs = self.questions
+    def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
+        qs, backbone = self.questions, module.backbone
         right = self._right(backbone, tok, qs)
         by_game: dict[str, list[bool]] = defaultdict(list)
         for q, r in zip(qs, right):
@@ -175,12 +168,12 @@ class AdditionEval(_TaskEval):
         self.problems = [problem(a, b) for a, b in eval_pairs(n_eval, seed)][:limit]
         self.max_new_tokens = max_new_tokens
 
-    def evaluate(self, backbone: torch.nn.Module, tok: Any) -> dict[str, float]:
+    def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
         qs = [q for q, _ in self.problems]
         answers = [a for _, a in self.problems]
         res = {}
         for name, ids in (("acc_train_tok", [tok.encode(q) for q in qs]),
                           ("acc_char_tok", [char_tokenize(tok, q) for q in qs])):
-            got = greedy_answers(backbone, tok, ids, self.max_new_tokens)
+            got = greedy_answers(module, tok, ids, self.max_new_tokens)
             res[name] = sum(g.strip() == a for g, a in zip(got, answers)) / len(answers)
         return res

@@ -1,0 +1,273 @@
+"""`Objective`: the LightningModule base every training objective builds on (causal LM, DPO, GRPO, diffusion).
+
+It holds everything that does not depend on the loss, so an objective implements only `compute_loss` (and, where it
+can, `sample`):
+- optimizer groups (weight decay on matrices only) and the step-interval scheduler, both `_partial_` configs;
+- `configure_model`: the strategy shards the backbone (FSDP2) before optimizers exist;
+- `compile`: torch.compile of the backbone in place (checkpoint keys unchanged);
+- exact resume: the RNG states of python/numpy/torch travel in the checkpoint;
+- throughput logging (tokens/s over all ranks, evaluation time excluded);
+- the loss normalisation: an objective's loss is a ratio numerator / denominator (NLL sum / label tokens, pair
+  losses / pairs, ...). With `loss_normalization=step` the trained loss is Σ numerator / Σ denominator over the
+  whole optimizer step, all micro-batches and ranks (src/models/token_normaliser.py); with `micro_batch` it is
+  the mean of per-micro-batch ratios.
+- validation: Σ numerator / Σ denominator over the whole validation set and all ranks, logged as `val/loss`.
+
+The step's result goes to callbacks as a typed `StepOutput` (under `outputs["step"]` in `on_train_batch_end`),
+never as a dict of magic keys: `RunArtifacts` records the exact step loss of any objective from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from torch import nn
+from torchmetrics import SumMetric
+
+from src.models.reference import ReferenceModel
+from src.models.token_normaliser import LOSS_NORMALIZATIONS, StepTokenNormaliser
+
+log = logging.getLogger(__name__)
+
+STEP_OUTPUT_KEY = "step"  # where training_step's StepOutput sits in Lightning's `outputs` dict
+
+
+@dataclass
+class StepOutput:
+    """One micro-batch's loss, as a ratio whose parts sum exactly over micro-batches and ranks.
+
+    numerator:   scalar, differentiable: the summed per-unit loss (NLL summed over label tokens, DPO loss summed
+                 over pairs, ...).
+    denominator: scalar count of units (label tokens, pairs, sequences); detached.
+    capacity:    the most units a micro-batch of this shape could hold (label positions, B·T): only used to pick
+                 the step normaliser's constant scale, never changes the weighting.
+    metrics:     detached scalars logged as `train/<name>` and `val/<name>` (the mean over batches).
+    """
+
+    numerator: torch.Tensor
+    denominator: torch.Tensor
+    capacity: int
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """This micro-batch's mean loss (differentiable); 0 when it holds no unit."""
+        return self.numerator / self.denominator.clamp(min=1)
+
+    def detached(self) -> StepOutput:
+        return StepOutput(self.numerator.detach(), self.denominator.detach(), self.capacity,
+                          {k: v.detach() for k, v in self.metrics.items()})
+
+    @staticmethod
+    def of(outputs: Any) -> StepOutput | None:
+        """The StepOutput inside a training step's `outputs` (as callbacks receive it), or None (skipped step,
+        or a module not built on `Objective`)."""
+        out = outputs.get(STEP_OUTPUT_KEY) if isinstance(outputs, Mapping) else None
+        return out if isinstance(out, StepOutput) else None
+
+
+class Objective(pl.LightningModule):
+    """Base of every objective. Subclasses implement `compute_loss(batch)`; `sample(prompts)` where they can.
+
+    Class attributes a subclass may set:
+    - `reports_perplexity`: log `train/ppl` and `val/ppl` = exp(loss) (token-level NLL objectives).
+    """
+
+    reports_perplexity = False
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        kernel_impl: str = "auto",
+        tokenizer: Any = None,
+        compile: bool = False,
+        loss_normalization: str = "step",
+    ) -> None:
+        super().__init__()
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"method.loss_normalization={loss_normalization!r} is not one of {LOSS_NORMALIZATIONS} (step: "
+                "loss mean over the whole optimizer step; micro_batch: mean of per-micro-batch means)"
+            )
+        # Collects the subclass's __init__ arguments too (Lightning walks the __init__ frames).
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "tokenizer"])
+        self.backbone = backbone
+        if compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay those of the eager model.
+            self.backbone.compile()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.tokenizer = tokenizer
+        self.kernel: str | None = None if kernel_impl == "auto" else kernel_impl
+        self.loss_normalization = loss_normalization
+        self.val_numerator = SumMetric()
+        self.val_denominator = SumMetric()
+        self._last_tick: float | None = None
+        self._normaliser: StepTokenNormaliser | None = None
+
+    # ---- what an objective implements ------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """The micro-batch's loss as numerator / denominator (see StepOutput). Used for training and validation;
+        `self.training` tells them apart."""
+        raise NotImplementedError
+
+    def sample_ids(self, prompt_ids: list[list[int]], max_new_tokens: int = 48,
+                   temperature: float = 0.0) -> list[list[int]] | None:
+        """New token ids after each (already tokenized) prompt, or None when this objective's model cannot
+        continue a prompt (override it: autoregressive decoding, a diffusion sampler, ...). The caller puts the
+        module in eval mode and disables gradients."""
+        return None
+
+    def sample(self, prompts: list[str], max_new_tokens: int = 48, temperature: float = 0.0) -> list[str] | None:
+        """Text continuations of text prompts (samples.txt), decoded without special tokens; None when the
+        objective cannot sample or has no tokenizer."""
+        tok = self.tokenizer
+        if tok is None:
+            return None
+        new = self.sample_ids([tok.encode(p) or [tok.eos_id] for p in prompts], max_new_tokens, temperature)
+        if new is None:
+            return None
+        special = set(tok.special_ids)
+        return [tok.decode([t for t in row if t not in special]) for row in new]
+
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens this micro-batch feeds the model (for tokens/s): real tokens when the batch has a mask."""
+        return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+
+    @staticmethod
+    def batch_size_of(batch: dict[str, torch.Tensor]) -> int:
+        """Rows of the batch (for Lightning's epoch-level averaging of logged values)."""
+        first = batch["input_ids"] if "input_ids" in batch else next(iter(batch.values()))
+        return int(first.shape[0])
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._normaliser = None
+        if self.loss_normalization != "step":
+            return
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            log.info("DeepSpeed steps on its own gradient buffers: the training loss is the mean of per-micro-batch "
+                     "means (method.loss_normalization=micro_batch behaviour; docs/scaleout.md)")
+            return
+        self._normaliser = StepTokenNormaliser()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        """Returns the objective as `loss` (scaled for the backward) and the detached StepOutput, from which
+        callbacks compute the step's exact loss whatever the normalisation."""
+        out = self.compute_loss(batch)
+        if self._normaliser is None:
+            objective = out.loss
+        else:
+            objective = self._normaliser.micro_batch_loss(out.numerator, out.denominator, out.capacity)
+        out = out.detached()
+        loss = out.loss  # this micro-batch's mean, for the logs
+        bsz = self.batch_size_of(batch)
+        # sync_dist: under DDP the logged value is the mean over ranks, not rank 0's share of the batch.
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
+        if self.reports_perplexity:
+            self.log("train/ppl", torch.exp(loss.clamp(max=30)), batch_size=bsz)
+        for name, value in out.metrics.items():
+            self.log(f"train/{name}", value, batch_size=bsz, sync_dist=True)
+        self._log_throughput(self.input_tokens(batch) * self.trainer.world_size, bsz)
+        return {"loss": objective, STEP_OUTPUT_KEY: out}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """With loss_normalization=step, rescale the window's gradients to the exact step mean right after the
+        last backward: inside the closure, so before on_before_optimizer_step hooks and gradient clipping."""
+        normaliser = self._normaliser
+        if normaliser is None or optimizer_closure is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+
+        def closure() -> Any:
+            out = optimizer_closure()
+            params = [p for p in self.parameters() if p.requires_grad]
+            normaliser.finish_step(params, int(self.trainer.accumulate_grad_batches), int(self.trainer.world_size))
+            return out
+
+        super().optimizer_step(epoch, batch_idx, optimizer, closure)
+
+    def _log_throughput(self, tokens: int, bsz: int) -> None:
+        """Tokens/s over all ranks, from wall time between consecutive steps (data loading included)."""
+        now = time.perf_counter()
+        if self._last_tick is not None:
+            rate = tokens / max(now - self._last_tick, 1e-9)
+            self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bsz)
+        self._last_tick = now
+
+    def on_train_epoch_start(self) -> None:
+        self._last_tick = None
+
+    def on_validation_end(self) -> None:
+        # Runs after every callback's on_validation_end (task evaluations included): the next interval would
+        # count evaluation time as training time, so it is not measured.
+        self._last_tick = None
+
+    # ---- validation --------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.compute_loss(batch).detached()
+        self.val_numerator.update(out.numerator)
+        self.val_denominator.update(out.denominator.float())
+        for name, value in out.metrics.items():
+            self.log(f"val/{name}", value, batch_size=self.batch_size_of(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # Weighted over the whole validation set and all ranks (SumMetric syncs), not a mean of means.
+        num, den = self.val_numerator.compute(), self.val_denominator.compute()
+        loss = num / den.clamp(min=1)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        if self.reports_perplexity:
+            self.log("val/ppl", torch.exp(loss.clamp(max=30)))
+        self.val_numerator.reset()
+        self.val_denominator.reset()
+
+    # ---- sharding ----------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """strategy=fsdp shards the backbone here, before optimizers exist (FSDP2Strategy.shard_backbone), and
+        any frozen reference model the same way; every other strategy has no `shard_backbone`."""
+        shard = getattr(self.trainer.strategy, "shard_backbone", None)
+        if shard is not None:
+            shard(self.backbone)
+            for ref in self.reference_models():
+                shard(ref)
+
+    def reference_models(self) -> list[nn.Module]:
+        """Frozen models this objective holds besides the backbone (a `ReferenceModel` in `copy` mode,
+        src/models/reference.py), to be sharded like the policy."""
+        return [m.module for m in self.children() if isinstance(m, ReferenceModel) and m.module is not None]
+
+    # ---- optimisation ------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW-style groups: weight decay on matrices only (norm gains and biases are not decayed)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (check model.lora / freezing settings)")
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- exact resume ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Pickled to bytes: numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses.
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        checkpoint["tokensmith_rng"] = pickle.dumps(states)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "tokensmith_rng" in checkpoint:
+            _set_rng_states(pickle.loads(checkpoint["tokensmith_rng"]))  # our own bytes, written above

@@ -9,7 +9,6 @@ of train.py.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -123,9 +122,13 @@ class ReferenceProbeLM(CausalLMModule):
 
     def on_train_end(self) -> None:
         ref = self.reference.module
-        kinds = sorted({type(p).__name__ for p in ref.parameters()}) if ref is not None else []
-        shapes = [tuple(p.shape) for p in ref.parameters()] if ref is not None else []
+        params = list(ref.parameters()) if ref is not None else []
+        # Where each rank holds only a shard: FSDP2 DTensors, or DeepSpeed ZeRO-3 partitions (ds_tensor).
+        local = sum(p.to_local().numel() if type(p).__name__ == "DTensor" else
+                    p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+        full = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
         if self.trainer.global_rank == 0:
             Path(self.trainer.default_root_dir, "reference_probe.json").write_text(json.dumps({
-                "param_types": kinds, "requires_grad": any(p.requires_grad for p in self.reference.parameters()),
-                "n_params_seen": int(sum(math.prod(s) for s in shapes))}))
+                "param_types": sorted({type(p).__name__ for p in params}),
+                "requires_grad": any(p.requires_grad for p in self.reference.parameters()),
+                "local_fraction": local / max(full, 1)}))

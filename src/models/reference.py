@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from src.models.fsdp import is_fsdp2
 from src.models.logprobs import batch_logprobs, batch_view
 
 REFERENCE_MODES = ("copy", "adapter", "precomputed")
@@ -74,6 +75,10 @@ class ReferenceModel(nn.Module):
     def _scoring_model(self) -> Iterator[nn.Module]:
         if self.frozen is not None:
             yield self.frozen
+            if is_fsdp2(self.frozen):
+                # FSDP2 keeps a root module's parameters gathered after its forward, expecting the backward soon;
+                # a reference has no backward, so its embedding and head would stay whole on every rank.
+                self.frozen.reshard()
             return
         policy = self._policy[0]
         peft = peft_model_of(policy)

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from src.losses.token_ce import token_cross_entropy
-from src.models.components.generation import generate
 from src.models.logprobs import batch_logprobs
 from src.models.objective import Objective, StepOutput
 
@@ -57,23 +56,3 @@ class CausalLMModule(Objective):
         labels = batch["labels"]  # [B, T]
         nll_sum, stats = token_cross_entropy(logp.flatten(), labels.flatten(), reduction="sum")
         return StepOutput(nll_sum, stats["n_tokens"], capacity=labels.numel())
-
-    @torch.no_grad()
-    def sample_ids(self, prompt_ids: list[list[int]], max_new_tokens: int = 48,
-                   temperature: float = 0.0) -> list[list[int]] | None:
-        """KV-cached decoding (greedy at temperature 0) of left-padded prompts; rows are `max_new_tokens` long,
-        padded after the end token."""
-        tok = self.tokenizer
-        if tok is None or not getattr(self.backbone, "causal", True):
-            return None
-        width = max(len(e) for e in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), tok.pad_id, dtype=torch.long)  # [B, T]
-        mask = torch.zeros_like(ids)  # [B, T]
-        for i, e in enumerate(prompt_ids):  # left padding
-            ids[i, width - len(e):] = torch.tensor(e)
-            mask[i, width - len(e):] = 1
-        new = generate(
-            self.backbone, ids.to(self.device), mask.to(self.device), max_new_tokens=max_new_tokens,
-            temperature=temperature, stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id,
-        )  # [B, max_new_tokens]
-        return new.tolist()

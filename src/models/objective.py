@@ -33,6 +33,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 from torchmetrics import SumMetric
 
+from src.models.components.generation import generate
 from src.models.reference import ReferenceModel
 from src.models.token_normaliser import LOSS_NORMALIZATIONS, StepTokenNormaliser
 
@@ -76,7 +77,8 @@ class StepOutput:
 
 
 class Objective(pl.LightningModule):
-    """Base of every objective. Subclasses implement `compute_loss(batch)`; `sample(prompts)` where they can.
+    """Base of every objective. Subclasses implement `compute_loss(batch)`, and `sample_ids` when their model is
+    not a causal LM (the default decodes autoregressively).
 
     Class attributes a subclass may set:
     - `reports_perplexity`: log `train/ppl` and `val/ppl` = exp(loss) (token-level NLL objectives).
@@ -122,12 +124,30 @@ class Objective(pl.LightningModule):
         `self.training` tells them apart."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def sample_ids(self, prompt_ids: list[list[int]], max_new_tokens: int = 48,
                    temperature: float = 0.0) -> list[list[int]] | None:
-        """New token ids after each (already tokenized) prompt, or None when this objective's model cannot
-        continue a prompt (override it: autoregressive decoding, a diffusion sampler, ...). The caller puts the
-        module in eval mode and disables gradients."""
-        return None
+        """New token ids after each (already tokenized) prompt; None when the model cannot continue a prompt.
+
+        The default is KV-cached autoregressive decoding (greedy at temperature 0) of left-padded prompts, for
+        every objective whose policy is a causal LM (LM, SFT, DPO, GRPO); rows are `max_new_tokens` long, padded
+        after the end token. A bidirectional model gets None here; its objective overrides this with its own
+        sampler. The caller puts the module in eval mode.
+        """
+        tok = self.tokenizer
+        if tok is None or not getattr(self.backbone, "causal", True):
+            return None
+        width = max(len(e) for e in prompt_ids)
+        ids = torch.full((len(prompt_ids), width), tok.pad_id, dtype=torch.long)  # [B, T]
+        mask = torch.zeros_like(ids)  # [B, T]
+        for i, e in enumerate(prompt_ids):  # left padding
+            ids[i, width - len(e):] = torch.tensor(e)
+            mask[i, width - len(e):] = 1
+        new = generate(
+            self.backbone, ids.to(self.device), mask.to(self.device), max_new_tokens=max_new_tokens,
+            temperature=temperature, stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id,
+        )  # [B, max_new_tokens]
+        return new.tolist()
 
     def sample(self, prompts: list[str], max_new_tokens: int = 48, temperature: float = 0.0) -> list[str] | None:
         """Text continuations of text prompts (samples.txt), decoded without special tokens; None when the

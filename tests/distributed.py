@@ -132,3 +132,18 @@ class ReferenceProbeLM(CausalLMModule):
                 "param_types": sorted({type(p).__name__ for p in params}),
                 "requires_grad": any(p.requires_grad for p in self.reference.parameters()),
                 "local_fraction": local / max(full, 1)}))
+
+
+class NaNLossAt(CausalLMModule):
+    """The causal LM whose training loss is made NaN on purpose at the given optimizer steps (0-based
+    global_step when the micro-batch runs): tests the `method.nonfinite` policies."""
+
+    def __init__(self, *args: Any, nan_at_steps: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_at_steps = set(nan_at_steps or [])
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        out = super().compute_loss(batch)
+        if self.training and int(self.trainer.global_step) in self.nan_at_steps:
+            out.numerator = out.numerator * float("nan")
+        return out

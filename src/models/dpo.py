@@ -70,6 +70,7 @@ class DPOModule(Objective):
         tokenizer: Any = None,
         compile: bool = False,
         loss_normalization: str = "step",
+        nonfinite: str = "stop",
     ) -> None:
         if beta <= 0:
             raise ValueError(f"method.beta must be > 0, got {beta}")
@@ -79,7 +80,7 @@ class DPOModule(Objective):
         if reference not in (*REFERENCE_MODES, "auto"):
             raise ValueError(f"method.reference={reference!r} is not one of {(*REFERENCE_MODES, 'auto')}")
         super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
-                         compile=compile, loss_normalization=loss_normalization)
+                         compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
         if reference == "auto":
             reference = "adapter" if peft_model_of(backbone) is not None else "copy"
         self.beta, self.loss_type, self.label_smoothing = float(beta), loss_type, float(label_smoothing)

@@ -37,11 +37,12 @@ class CausalLMModule(Objective):
         tokenizer: Any = None,
         compile: bool = False,
         loss_normalization: str = "step",
+        nonfinite: str = "stop",
     ) -> None:
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"method.loss_impl={loss_impl!r} is not one of {LOSS_IMPLS}")
         super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
-                         compile=compile, loss_normalization=loss_normalization)
+                         compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
         if loss_impl == "reference":
             self.kernel = "reference"
 

@@ -11,7 +11,9 @@ can, `sample`):
   losses / pairs, ...). With `loss_normalization=step` the trained loss is Σ numerator / Σ denominator over the
   whole optimizer step, all micro-batches and ranks (src/models/token_normaliser.py); with `micro_batch` it is
   the mean of per-micro-batch ratios.
-- validation: Σ numerator / Σ denominator over the whole validation set and all ranks, logged as `val/loss`.
+- validation: Σ numerator / Σ denominator over the whole validation set and all ranks, logged as `val/loss`;
+- a non-finite loss (`method.nonfinite`): `stop` ends the run before that update is applied (so no checkpoint
+  holds it), `skip` drops the step's update, counts it (`train/skipped_steps`) and goes on.
 
 The step's result goes to callbacks as a typed `StepOutput` (under `outputs["step"]` in `on_train_batch_end`),
 never as a dict of magic keys: `RunArtifacts` records the exact step loss of any objective from it.
@@ -40,6 +42,15 @@ from src.models.token_normaliser import LOSS_NORMALIZATIONS, StepTokenNormaliser
 log = logging.getLogger(__name__)
 
 STEP_OUTPUT_KEY = "step"  # where training_step's StepOutput sits in Lightning's `outputs` dict
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or infinite and `method.nonfinite=stop`: the run ends before that update."""
+
+
+class _NonFiniteStep(Exception):  # noqa: N818 (control flow inside optimizer.step, never escapes optimizer_step)
+    pass
 
 
 @dataclass
@@ -95,8 +106,12 @@ class Objective(pl.LightningModule):
         tokenizer: Any = None,
         compile: bool = False,
         loss_normalization: str = "step",
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"method.nonfinite={nonfinite!r} is not one of {NONFINITE_POLICIES} (stop: end the run "
+                             "at the first non-finite loss; skip: drop that step's update and go on)")
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(
                 f"method.loss_normalization={loss_normalization!r} is not one of {LOSS_NORMALIZATIONS} (step: "
@@ -115,8 +130,11 @@ class Objective(pl.LightningModule):
         self.loss_normalization = loss_normalization
         self.val_numerator = SumMetric()
         self.val_denominator = SumMetric()
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0  # optimizer steps dropped for a non-finite loss (nonfinite=skip); checkpointed
         self._last_tick: float | None = None
         self._normaliser: StepTokenNormaliser | None = None
+        self._window_nonfinite: torch.Tensor | None = None  # on the device: no host sync per micro-batch
 
     # ---- what an objective implements ------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> StepOutput:
@@ -173,7 +191,10 @@ class Objective(pl.LightningModule):
 
     # ---- training ----------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self._normaliser = None
+        self._normaliser, self._window_nonfinite = None, None
+        if self.nonfinite == "skip" and isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            raise ValueError("method.nonfinite=skip cannot drop a step under DeepSpeed (the engine steps itself); use "
+                             "method.nonfinite=stop, or DeepSpeed's own fp16 loss scaling, which skips overflows")
         if self.loss_normalization != "step":
             return
         if isinstance(self.trainer.strategy, DeepSpeedStrategy):
@@ -186,6 +207,8 @@ class Objective(pl.LightningModule):
         """Returns the objective as `loss` (scaled for the backward) and the detached StepOutput, from which
         callbacks compute the step's exact loss whatever the normalisation."""
         out = self.compute_loss(batch)
+        bad = ~torch.isfinite(out.numerator.detach())
+        self._window_nonfinite = bad if self._window_nonfinite is None else self._window_nonfinite | bad
         if self._normaliser is None:
             objective = out.loss
         else:
@@ -203,20 +226,50 @@ class Objective(pl.LightningModule):
         return {"loss": objective, STEP_OUTPUT_KEY: out}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """With loss_normalization=step, rescale the window's gradients to the exact step mean right after the
-        last backward: inside the closure, so before on_before_optimizer_step hooks and gradient clipping."""
-        normaliser = self._normaliser
-        if normaliser is None or optimizer_closure is None:
+        """Right after the window's last backward (inside the closure, so before on_before_optimizer_step hooks and
+        gradient clipping): drop or stop on a non-finite loss (`method.nonfinite`), then, with
+        loss_normalization=step, rescale the gradients to the exact step mean."""
+        if optimizer_closure is None:
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
             return
 
         def closure() -> Any:
             out = optimizer_closure()
-            params = [p for p in self.parameters() if p.requires_grad]
-            normaliser.finish_step(params, int(self.trainer.accumulate_grad_batches), int(self.trainer.world_size))
+            if self._step_is_nonfinite():
+                raise _NonFiniteStep
+            if self._normaliser is not None:
+                params = [p for p in self.parameters() if p.requires_grad]
+                self._normaliser.finish_step(params, int(self.trainer.accumulate_grad_batches),
+                                             int(self.trainer.world_size))
             return out
 
-        super().optimizer_step(epoch, batch_idx, optimizer, closure)
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, closure)
+        except _NonFiniteStep:
+            optimizer.zero_grad(set_to_none=True)  # the window's gradients hold the non-finite values
+            if self._normaliser is not None:
+                self._normaliser.local_tokens = None
+            step = int(self.trainer.global_step) + 1  # the step being taken (1-based, as logged)
+            if self.nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"the training loss is not finite at optimizer step {step}; the run stops before applying that "
+                    "update, so the newest checkpoint is the last good one. Lower the learning rate, check the data "
+                    "(the step's batches), or set method.nonfinite=skip to drop such steps and go on"
+                ) from None
+            self.skipped_steps += 1
+            log.warning("optimizer step %d skipped: non-finite loss (%d skipped so far, method.nonfinite=skip)",
+                        step, self.skipped_steps)
+        if self.nonfinite == "skip":
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+
+    def _step_is_nonfinite(self) -> bool:
+        """Did any micro-batch of this window, on any rank, have a non-finite loss? One host sync per step."""
+        flag = self._window_nonfinite
+        self._window_nonfinite = None
+        bad = torch.zeros((), device=self.device) if flag is None else flag.float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad > 0)
 
     def _log_throughput(self, tokens: int, bsz: int) -> None:
         """Tokens/s over all ranks, from wall time between consecutive steps (data loading included)."""
@@ -287,7 +340,9 @@ class Objective(pl.LightningModule):
         # Pickled to bytes: numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses.
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
         checkpoint["tokensmith_rng"] = pickle.dumps(states)
+        checkpoint["tokensmith_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "tokensmith_rng" in checkpoint:
             _set_rng_states(pickle.loads(checkpoint["tokensmith_rng"]))  # our own bytes, written above
+        self.skipped_steps = int(checkpoint.get("tokensmith_skipped_steps", 0))

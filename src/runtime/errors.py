@@ -10,8 +10,9 @@ from __future__ import annotations
 from hydra.errors import InstantiationException
 
 from src.data.errors import DataError
+from src.models.objective import NonFiniteLossError
 from src.runtime.checkpoints import CheckpointNotFoundError, RunDirTakenError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    DataError, CheckpointNotFoundError, RunDirTakenError, InstantiationException
+    DataError, CheckpointNotFoundError, RunDirTakenError, InstantiationException, NonFiniteLossError
 )

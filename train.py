@@ -31,4 +31,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if "--list" in sys.argv[1:]:  # before Hydra, which would reject the flag
+        from pathlib import Path
+
+        from src.runtime.catalog import format_catalog
+
+        print(format_catalog(Path(__file__).resolve().parent / "conf"))
+        sys.exit(0)
     main()

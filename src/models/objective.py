@@ -22,7 +22,6 @@ never as a dict of magic keys: `RunArtifacts` records the exact step loss of any
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,14 +334,47 @@ class Objective(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- exact resume ------------------------------------------------------------------------------------
+    # ---- exact resume ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Pickled to bytes: numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses.
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-        checkpoint["tokensmith_rng"] = pickle.dumps(states)
+        checkpoint[RNG_KEY] = rng_state_to_checkpoint(_collect_rng_states(include_cuda=torch.cuda.is_available()))
         checkpoint["tokensmith_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "tokensmith_rng" in checkpoint:
-            _set_rng_states(pickle.loads(checkpoint["tokensmith_rng"]))  # our own bytes, written above
+        if RNG_KEY in checkpoint:
+            _set_rng_states(rng_state_from_checkpoint(checkpoint[RNG_KEY]))
+        elif LEGACY_RNG_KEY in checkpoint:
+            log.warning("this checkpoint stores its RNG state pickled (written before 2026-12); it is not unpickled, "
+                        "since unpickling a file can run code: random draws after this resume (dropout, sampling) "
+                        "differ from an uninterrupted run's")
         self.skipped_steps = int(checkpoint.get("tokensmith_skipped_steps", 0))
+
+
+RNG_KEY = "tokensmith_rng_state"
+LEGACY_RNG_KEY = "tokensmith_rng"  # pickled bytes, never loaded
+
+
+def rng_state_to_checkpoint(states: dict[str, Any]) -> dict[str, Any]:
+    """Lightning's RNG states as tensors and plain python values only, so that `torch.load(weights_only=True)`
+    (how Lightning and we load checkpoints) reads them without unpickling anything (numpy's key is an ndarray)."""
+    out = dict(states)
+    if "numpy" in out:
+        name, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+    if "python" in out:
+        version, state, gauss = out["python"]
+        out["python"] = [version, list(state), gauss]
+    return out
+
+
+def rng_state_from_checkpoint(saved: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `rng_state_to_checkpoint`."""
+    import numpy as np
+
+    out = dict(saved)
+    if "numpy" in out:
+        name, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    if "python" in out:
+        version, state, gauss = out["python"]
+        out["python"] = (version, tuple(state), gauss)
+    return out

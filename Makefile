@@ -16,25 +16,24 @@ ARGS ?=
 
 .PHONY: install train test test-all test-slow lint format bench clean-venv
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-
-# torch goes first and alone: pinned by the constraints file, it resolves to the local CPU wheel
-# instead of the newest CUDA build (+3 GB of nvidia-* wheels).
-$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+# scripts/install.sh: venv, then torch alone (pinned by the constraints file, it resolves to the local CPU wheel
+# instead of the newest CUDA build, +3 GB of nvidia-* wheels), then the project. pip's output goes to
+# .venv/install.log; a failing step prints one line naming it (and an unreachable package index) and stops.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(if $(and $(GPU),$(CONSTRAINTS)),grep -vE '^(torch|triton)==' $(CONSTRAINTS) > $(GPU_CONSTRAINTS))
-	$(BIN)/python -m pip install -q $(PIP_C) torch
-	$(BIN)/python -m pip install -q $(PIP_C) -e ".[$(EXTRAS)]"
+	@PYTHON=$(PYTHON) scripts/install.sh $(VENV) $(EXTRAS) $(PIP_C)
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+# Each prints how long it took (set-up excluded; set-up prints its own time when it runs).
 train: install
-	$(BIN)/python train.py $(ARGS)
+	@start=$$(date +%s); $(BIN)/python train.py $(ARGS); status=$$?; \
+	echo "make train: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: install
-	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+	@start=$$(date +%s); $(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS); status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)

@@ -11,8 +11,9 @@ from hydra.errors import InstantiationException
 
 from src.data.errors import DataError
 from src.models.objective import NonFiniteLossError
-from src.runtime.checkpoints import CheckpointNotFoundError, RunDirTakenError
+from src.runtime.checkpoints import CheckpointNotFoundError, CorruptCheckpointError, RunDirTakenError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    DataError, CheckpointNotFoundError, RunDirTakenError, InstantiationException, NonFiniteLossError
+    DataError, CheckpointNotFoundError, CorruptCheckpointError, RunDirTakenError, InstantiationException,
+    NonFiniteLossError,
 )

@@ -44,6 +44,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from src.runtime.checkpoints import usable_checkpoint
+
 log = logging.getLogger(__name__)
 
 # Kept in the run dir: one entry per preemption (step, signal, requeued). Its presence also tells the next start
@@ -229,4 +231,7 @@ def auto_resume_ckpt(output_dir: str | Path, also: Sequence[str] = ()) -> str | 
     ckpt = out / "checkpoints" / "last.ckpt"
     recorded = any((out / d / RECORD_FILE).is_file() for d in (".", *also))
     restarted = recorded or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
-    return str(ckpt) if restarted and ckpt.exists() else None
+    if not (restarted and ckpt.exists()):
+        return None
+    usable = usable_checkpoint(ckpt)  # a kill mid-write: the newest complete checkpoint, with a warning
+    return str(usable) if usable is not None else None

@@ -13,7 +13,7 @@ import torch
 from src.callbacks.skillit import SkillEvalCallback, SkillItCallback
 from src.data.skills_graph import skillit_mixture
 from src.runtime.checkpoints import resolve_ckpt_path
-from src.runtime.run import build_components
+from src.runtime.build import build_components
 from tests.helpers import compose_cfg
 
 TINY = [

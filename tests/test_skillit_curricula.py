@@ -12,7 +12,7 @@ import pytest
 
 from src.callbacks.skillit import SkillEvalCallback
 from src.data.errors import DataError
-from src.runtime.run import build_components
+from src.runtime.build import build_components
 from tests.helpers import compose_cfg
 from tests.test_skillit_callback import TINY, _Record
 

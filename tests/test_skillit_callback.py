@@ -12,8 +12,8 @@ import torch
 
 from src.callbacks.skillit import SkillEvalCallback, SkillItCallback
 from src.data.skills_graph import skillit_mixture
-from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.build import build_components
+from src.runtime.checkpoints import resolve_ckpt_path
 from tests.helpers import compose_cfg
 
 TINY = [

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from src.callbacks.artifacts import RunArtifacts
-from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.build import build_components
+from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.run import run_training
 from tests.helpers import ROOT, compose_cfg
 

@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from src.callbacks.skillit import SkillEvalCallback, SkillItCallback
+from src.callbacks.skills.evaluation import SkillEvalCallback
+from src.callbacks.skills.skillit import SkillItCallback
 from src.data.skills_graph import skillit_mixture
 from src.runtime.build import build_components
 from src.runtime.checkpoints import resolve_ckpt_path

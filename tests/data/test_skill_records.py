@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.callbacks.skillit import SkillItCallback, answer_stats
+from src.callbacks.skills.evaluation import answer_stats
+from src.callbacks.skills.skillit import SkillItCallback
 from src.data.errors import DataError
 from src.data.skill_datamodule import SkillDataModule
 from src.data.skills_graph import target_mask

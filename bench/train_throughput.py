@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.kernels import token_logprobs  # noqa: E402
 from src.losses.token_ce import token_cross_entropy  # noqa: E402
 from src.models.components.transformer import CompactTransformer  # noqa: E402
+from src.models.logprobs import batch_logprobs  # noqa: E402
 from src.models.schedules import warmup_cosine  # noqa: E402
 
 
@@ -60,7 +60,10 @@ def sync(device: torch.device) -> None:
 
 
 def bare_loop(model, batches, device, dtype, loss: str, steps: int, hf: bool = False) -> list[float]:  # noqa: ANN001
-    """Hand-written training loop; returns per-step wall times (s)."""
+    """Hand-written training loop; returns per-step wall times (s). `loss="fused"` needs one of our backbones
+    (`hf=False`); the HF model runs the naive CE only."""
+    if hf and loss == "fused":
+        raise ValueError("the fused loss runs on our backbone contract; the HF model is benchmarked with naive CE")
     opt = optimizer_for(model)
     sched = warmup_cosine(opt, warmup_steps=10, total_steps=10_000)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -69,16 +72,16 @@ def bare_loop(model, batches, device, dtype, loss: str, steps: int, hf: bool = F
         b = {k: v.to(device, non_blocking=True) for k, v in batches[i % len(batches)].items()}
         t0 = time.perf_counter()
         with autocast:
-            if hf:
-                hidden = model.model(input_ids=b["input_ids"]).last_hidden_state  # [B, T, d]
-                weight = model.lm_head.weight
+            if loss == "fused":  # the objective's path (src/models/logprobs.py): same kernel and batch keys
+                logp = batch_logprobs(model, b).logp  # [B, T]
+                value, _ = token_cross_entropy(logp.flatten(), b["labels"].flatten())
             else:
-                hidden = model(b["input_ids"])  # [B, T, d]
-                weight = model.output_weight
-            if loss == "fused":
-                logp = token_logprobs(hidden.flatten(0, 1), weight, b["labels"].flatten())
-                value, _ = token_cross_entropy(logp, b["labels"].flatten())
-            else:
+                if hf:
+                    hidden = model.model(input_ids=b["input_ids"]).last_hidden_state  # [B, T, d]
+                    weight = model.lm_head.weight
+                else:
+                    hidden = model(b["input_ids"])  # [B, T, d]
+                    weight = model.output_weight
                 logits = hidden @ weight.T  # [B, T, V]
                 value = F.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
         value.backward()

@@ -28,11 +28,13 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.callbacks.skillit import answer_stats  # noqa: E402
+from src.callbacks.skills.evaluation import answer_stats  # noqa: E402
 from src.data.skill_datamodule import SkillCollator  # noqa: E402
 from src.data.skill_sampler import SkillSampler  # noqa: E402
 from src.data.skills_graph import approximate_graph, brute_force_graph  # noqa: E402
 from src.losses.token_ce import token_cross_entropy  # noqa: E402
+from src.models.logprobs import batch_logprobs  # noqa: E402
+from src.plots.save import save_png  # noqa: E402
 from tests.helpers import compose_cfg  # noqa: E402  (the same composition as train.py, usable outside Hydra's main)
 
 
@@ -51,18 +53,13 @@ def skill_losses(backbone: torch.nn.Module, dm) -> np.ndarray:  # noqa: ANN001
 
 
 def train_on(backbone: torch.nn.Module, dm, weights: list[float], steps: int, lr: float, seed: int) -> None:  # noqa: ANN001
-    from src.kernels import token_logprobs
-
     opt = torch.optim.AdamW(backbone.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     sampler = SkillSampler(dm.pool_sizes, weights, seed=seed)
     loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=dm.batch_size, sampler=sampler,
                                          collate_fn=SkillCollator(dm.tokenizer.pad_id))
     for _, batch in zip(range(steps), loader):
-        hidden = backbone(batch["input_ids"], attention_mask=batch["attention_mask"],
-                          position_ids=batch["position_ids"])  # [B, T, d]
-        logp = token_logprobs(hidden.flatten(0, 1), backbone.output_weight, batch["labels"].flatten(),
-                              bias=backbone.output_bias)  # [B*T]
-        loss, _ = token_cross_entropy(logp, batch["labels"].flatten())
+        logp = batch_logprobs(backbone, batch).logp  # [B, T]
+        loss, _ = token_cross_entropy(logp.flatten(), batch["labels"].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
@@ -85,9 +82,7 @@ def plot_graph(a: np.ndarray, names: list[str], path: Path, title: str) -> None:
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < a.max() / 2 else "k", fontsize=8)
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from src.runtime.run import build_components
+from src.runtime.build import build_components
 from tests.helpers import CONF_DIR, EXPERIMENTS, compose_cfg
 
 

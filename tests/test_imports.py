@@ -1,19 +1,28 @@
-"""Layer 1: every module under src/ imports (catches syntax errors and broken cross-room imports)."""
+"""Layer 1: every module under src/ imports, and every import respects the design's layering (../shared/design.md).
+
+The layering test reads imports from the source (AST), so an import inside a function counts as much as one at the
+top of a file: a lazy import hides a dependency from Python's import order, not from this test.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 import src
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(src.__path__, prefix="src."))
+ROOT = Path(src.__path__[0]).parent
+LOW_ROOMS = ("data", "models", "losses", "kernels")
 
 
 def test_there_are_modules_to_import() -> None:
-    assert {"src.models.lm", "src.kernels.dispatch", "src.runtime.run"} <= set(MODULES)
+    assert {"src.models.lm", "src.kernels.dispatch", "src.runtime.run", "src.recipes.finetune"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -21,17 +30,90 @@ def test_module_imports(name: str) -> None:
     importlib.import_module(name)
 
 
-def test_data_room_does_not_import_models() -> None:
-    """Design rule: `data` imports nothing of `models`, `losses` imports only `kernels`."""
-    import ast
-    from pathlib import Path
+@dataclass(frozen=True)
+class Rule:
+    """Files (globs from the repository root) and what they may import: never a module under `forbidden`; when
+    `only` is given, no `src` module outside it."""
 
-    root = Path(src.__path__[0])
-    offences = []
-    for room, forbidden in {"data": ("src.models",), "losses": ("src.models", "src.data", "src.runtime")}.items():
-        for path in (root / room).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                offences += [f"{path}: {m}" for m in mods if m.startswith(forbidden)]
-    assert offences == []
+    why: str
+    files: tuple[str, ...]
+    forbidden: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+
+RULES = {
+    "low rooms never import runtime, callbacks or recipes": Rule(
+        "data, models, losses and kernels are used by the runtime, callbacks and recipes, never the other way",
+        tuple(f"src/{room}/**/*.py" for room in LOW_ROOMS),
+        forbidden=("src.runtime", "src.callbacks", "src.recipes"),
+    ),
+    "kernels import no losses, models or data": Rule(
+        "kernels are the bottom room: hidden states and weights in, per-token log-probs out",
+        ("src/kernels/**/*.py",), forbidden=("src.losses", "src.models", "src.data"),
+    ),
+    "losses import kernels only": Rule(
+        "losses are pure functions: tensors in, tensors out", ("src/losses/**/*.py",),
+        only=("src.losses", "src.kernels"),
+    ),
+    "data imports nothing of models": Rule(
+        "a data module feeds any objective", ("src/data/**/*.py",), forbidden=("src.models",),
+    ),
+    "models import nothing of data": Rule(
+        "an objective trains on any data module that keeps the batch contract (docs/contracts.md)",
+        ("src/models/**/*.py",), forbidden=("src.data",),
+    ),
+    "the pretrained-asset leaf imports no other src room": Rule(
+        "src/assets sits below both data and models", ("src/assets/**/*.py",), only=("src.assets",),
+    ),
+    "runtime primitives import no recipe": Rule(
+        "recipes are built from the runtime's primitives; only run.py, the top, picks a recipe",
+        ("src/runtime/**/*.py",), forbidden=("src.recipes",), exclude=("src/runtime/run.py",),
+    ),
+    "recipes do not import the top of the runtime": Rule(
+        "run.py calls the recipes, so a recipe importing it would close a circle", ("src/recipes/**/*.py",),
+        forbidden=("src.runtime.run",),
+    ),
+    "nothing imports train.py": Rule(
+        "train.py is the Hydra entry point; importing it would run Hydra's set-up",
+        ("src/**/*.py", "scripts/**/*.py", "bench/**/*.py", "tests/**/*.py"), forbidden=("train",),
+    ),
+}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in a file, at any depth (functions, branches, try blocks).
+    `from x import y` gives both `x` and `x.y` (y may be a submodule); relative imports are made absolute."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{a.name}") for a in node.names if a.name != "*"]
+    return found
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("rule", list(RULES), ids=list(RULES))
+def test_layering(rule: str) -> None:
+    r = RULES[rule]
+    files = sorted({p for pattern in r.files for p in ROOT.glob(pattern)} - {ROOT / e for e in r.exclude})
+    assert files, f"rule {rule!r} matches no file: {r.files}"
+    offences: dict[tuple[str, int], str] = {}  # (file, line) -> the import, named once per statement
+    for path in files:
+        for line, module in imported_modules(path):
+            if _under(module, r.forbidden) or (
+                r.only is not None and _under(module, ("src",)) and not _under(module, r.only)
+            ):
+                offences.setdefault((str(path.relative_to(ROOT)), line), module)
+    report = [f"  {f}:{line} imports {m}" for (f, line), m in sorted(offences.items())]
+    assert not report, f"layering rule broken: {rule} ({r.why}):\n" + "\n".join(report)

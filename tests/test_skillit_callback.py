@@ -10,11 +10,12 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from src.callbacks.skillit import SkillEvalCallback, SkillItCallback
+from src.callbacks.skills.evaluation import SkillEvalCallback
+from src.callbacks.skills.skillit import SkillItCallback
 from src.data.skills_graph import skillit_mixture
 from src.models.objective import StepOutput
+from src.runtime.build import build_components
 from src.runtime.checkpoints import resolve_ckpt_path
-from src.runtime.run import build_components
 from tests.helpers import compose_cfg
 
 TINY = [

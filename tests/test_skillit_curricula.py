@@ -10,9 +10,9 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 
-from src.callbacks.skillit import SkillEvalCallback
+from src.callbacks.skills.evaluation import SkillEvalCallback
 from src.data.errors import DataError
-from src.runtime.run import build_components
+from src.runtime.build import build_components
 from tests.helpers import compose_cfg
 from tests.test_skillit_callback import TINY, _Record
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
+from src.runtime.build import build_strategy
 from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.convert_checkpoint import NotAZeroCheckpointError, find_zero_checkpoint
-from src.runtime.run import build_strategy
 from src.runtime.strategies import DeepSpeedAnyDeviceStrategy
 from tests.distributed import ROOT, train_subprocess
 from tests.helpers import compose_cfg

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from src.callbacks.artifacts import RunArtifacts
+from src.runtime.build import build_components
 from src.runtime.checkpoints import resolve_ckpt_path
-from src.runtime.run import build_components, run_training
+from src.runtime.run import run_training
 from tests.helpers import ROOT, compose_cfg
 
 # fp32 and a single intra-op thread: bitwise-stable reductions, so resume can be compared tightly.

@@ -25,7 +25,7 @@ done
 # antlr4-python3-runtime (Hydra's parser) is published as an sdist only: build its pure-Python wheel here.
 "$PY" -m pip wheel -q --no-deps -w .whl "$(pin antlr4-python3-runtime)"
 
-GGUF="$("$PY" -c 'from src.runtime.pretrained import ensure_smollm2_gguf; print(ensure_smollm2_gguf())')"
+GGUF="$("$PY" -c 'from src.assets.pretrained import ensure_smollm2_gguf; print(ensure_smollm2_gguf())')"
 rm -rf .offline && mkdir -p .offline/gguf-a .offline/gguf-b
 half=$(( ($(stat -c %s "$GGUF") + 1) / 2 ))
 head -c "$half" "$GGUF" > .offline/gguf-a/part

@@ -216,12 +216,12 @@ def load_pretrained(
 ) -> Tokenizer:
     """Load any Hugging Face tokenizer (hub name or local dir; `gguf_file` for a GGUF checkpoint).
 
-    `smollm2-135m` means the SmolLM2-135M-Instruct GGUF that `src.runtime.pretrained` fetches into the cache.
+    `smollm2-135m` means the SmolLM2-135M-Instruct GGUF that `src.assets.pretrained` fetches into the cache.
     `add_specials` adds the mask token / reserved pads / extras a method needs on top of the pretrained vocab
     (the model's embeddings must then be resized; `check_vocab` says so if they are not).
     """
     if name_or_path == SMOLLM2_NAME:
-        from src.runtime.pretrained import ensure_smollm2_gguf  # lazy: only this path needs the download
+        from src.assets.pretrained import ensure_smollm2_gguf  # lazy: only this path needs the download
 
         gguf_path = Path(ensure_smollm2_gguf(Path(cache_dir) / "pretrained" if cache_dir is not None else None))
         hf = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)

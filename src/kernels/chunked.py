@@ -25,6 +25,8 @@ import os
 import torch
 from torch import Tensor
 
+from src.kernels.signature import implements
+
 # Default extra memory the chunk temporaries may use. Each chunk adds a rank-C update dzᵀ·h_c to the whole
 # [V, d] dW, which is memory-bound when C is small: on a 2-core CPU at V=128k, d=1024, 64 MiB (43 rows) took
 # 21.4 s for N=2048 and 256 MiB (170 rows) 13.9 s (14.6 → 9.9 s with grad_hint); 512 MiB gained nothing more
@@ -251,6 +253,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
         return dh, dw, db, None, None, None, None, None, None, None
 
 
+@implements
 def chunked_token_logprobs(
     hidden: Tensor,
     weight: Tensor,
@@ -265,7 +268,8 @@ def chunked_token_logprobs(
     budget_bytes: int | None = None,
     grad_hint: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Chunked per-token logp (and entropy); hidden [N, d], weight [V, d], targets [N] → fp32 [N] (, [N]).
+    """Chunked per-token logp (and entropy), a `TokenLogprobsFn`; hidden [N, d], weight [V, d], targets [N] → fp32
+    [N] (, [N]).
 
     (fp64 inputs give fp64 outputs, so the path can be gradchecked.)
 

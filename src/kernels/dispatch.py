@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from src.kernels.reference import reference_token_logprobs
+from src.kernels.signature import TokenLogprobsFn, implements
 
-IMPLS = ("auto", "reference", "chunked", "triton")
 ENV_VAR = "TOKENSMITH_KERNEL_IMPL"
 
 _default_impl: str | None = None
@@ -49,6 +50,32 @@ def triton_available() -> bool:
     return True
 
 
+def _chunked() -> TokenLogprobsFn:
+    from src.kernels.chunked import chunked_token_logprobs
+
+    return chunked_token_logprobs
+
+
+def _triton() -> TokenLogprobsFn:
+    if not triton_available():
+        raise RuntimeError("impl='triton' requested but Triton (or src.kernels.triton_logprobs) is unavailable")
+    from src.kernels.triton_logprobs import triton_token_logprobs
+
+    return triton_token_logprobs
+
+
+# name -> loader of a `TokenLogprobsFn` (src/kernels/signature.py). Loaders, so that Triton is imported only when
+# it is chosen. The routing below passes every implementation the contract's arguments, and the speed hints
+# (`chunk_size`, `grad_hint`) only to those listed in TAKES_HINTS; the others would ignore them anyway.
+IMPLEMENTATIONS: dict[str, Callable[[], TokenLogprobsFn]] = {
+    "reference": lambda: reference_token_logprobs,
+    "chunked": _chunked,
+    "triton": _triton,
+}
+TAKES_HINTS = frozenset({"chunked"})
+IMPLS = ("auto", *IMPLEMENTATIONS)
+
+
 def resolve_impl(impl: str | None, device: torch.device) -> str:
     """Turn a requested impl (None/"auto"/name) into the concrete one used for tensors on ``device``."""
     name = get_default_impl() if impl is None else impl
@@ -77,6 +104,7 @@ def cast_like_autocast(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> t
     return cast(hidden), cast(weight), cast(bias)
 
 
+@implements
 def token_logprobs(
     hidden: Tensor,
     weight: Tensor,
@@ -91,7 +119,8 @@ def token_logprobs(
     impl: str | None = None,
     grad_hint: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Per-token log π(y) (and entropy) of softmax((h·Wᵀ + b) / temperature), without needing [N, V] logits.
+    """Per-token log π(y) (and entropy) of softmax((h·Wᵀ + b) / temperature), without needing [N, V] logits: the
+    `TokenLogprobsFn` contract (src/kernels/signature.py), routed to the implementation named by ``impl``.
 
     hidden [..., d], weight [V, d], targets [...] (long), bias [V] or None; leading dims are flattened to N and
     restored on the outputs. Returns logp [...] or (logp, entropy) when ``with_entropy``. Rows whose target is
@@ -120,19 +149,9 @@ def token_logprobs(
         h, weight, bias = cast_like_autocast(h, weight, bias)
     kwargs = dict(bias=bias, temperature=temperature, ignore_index=ignore_index, with_entropy=with_entropy,
                   entropy_grad=entropy_grad)
-    if name == "reference":
-        out = reference_token_logprobs(h, weight, y, **kwargs)
-    elif name == "chunked":
-        from src.kernels.chunked import chunked_token_logprobs
-
-        hint = grad_hint.reshape(-1) if grad_hint is not None else None
-        out = chunked_token_logprobs(h, weight, y, chunk_size=chunk_size, grad_hint=hint, **kwargs)
-    else:
-        if not triton_available():
-            raise RuntimeError("impl='triton' requested but Triton (or src.kernels.triton_logprobs) is unavailable")
-        from src.kernels.triton_logprobs import triton_token_logprobs
-
-        out = triton_token_logprobs(h, weight, y, **kwargs)
+    if name in TAKES_HINTS:
+        kwargs.update(chunk_size=chunk_size, grad_hint=grad_hint.reshape(-1) if grad_hint is not None else None)
+    out = IMPLEMENTATIONS[name]()(h, weight, y, **kwargs)
     if with_entropy:
         logp, entropy = out
         return logp.reshape(lead), entropy.reshape(lead)

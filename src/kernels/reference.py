@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from src.kernels.signature import implements
 
+
+@implements
 def reference_token_logprobs(
     hidden: Tensor,
     weight: Tensor,
@@ -22,7 +25,7 @@ def reference_token_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """log softmax(h·Wᵀ + b)/T at each target, and optionally the entropy of that softmax.
+    """log softmax(h·Wᵀ + b)/T at each target, and optionally the entropy of that softmax (`TokenLogprobsFn`).
 
     hidden [N, d], weight [V, d], targets [N] (long), bias [V] or None. Returns logp [N] (and entropy [N]).
     Rows whose target is ``ignore_index`` give 0 and receive no gradient. Memory: O(N·V) (the logits and their

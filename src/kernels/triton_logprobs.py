@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from src.kernels.signature import implements
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -238,6 +240,7 @@ class TritonTokenLogprobs(torch.autograd.Function):
                 db.to(bias.dtype) if need_b else None, None, None, None, None, None)
 
 
+@implements
 def triton_token_logprobs(
     hidden: Tensor,
     weight: Tensor,
@@ -249,7 +252,8 @@ def triton_token_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Triton per-token logp (and entropy); hidden [N, d], weight [V, d], targets [N] → fp32 [N] (, [N])."""
+    """Triton per-token logp (and entropy), a `TokenLogprobsFn`; hidden [N, d], weight [V, d], targets [N] → fp32
+    [N] (, [N])."""
     if hidden.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
     if hidden.dtype == torch.float64:

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from src.callbacks.skillit import SkillItCallback, answer_stats
+from src.callbacks.skills.evaluation import answer_stats
+from src.callbacks.skills.skillit import SkillItCallback
 from src.data.errors import DataError
 from src.data.skill_datamodule import SkillDataModule
 from src.data.skills_graph import target_mask
-from src.runtime.run import build_components
+from src.runtime.build import build_components
 from tests.helpers import compose_cfg
 
 WORDS = ["red", "green", "blue", "gold", "pink", "gray", "teal", "navy"]

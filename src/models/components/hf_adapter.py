@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from src.assets.pretrained import resolve_pretrained
 from src.models.components.attention_mask import sdpa_mask
-from src.runtime.pretrained import resolve_pretrained
 
 
 def _plain(obj: Any) -> Any:

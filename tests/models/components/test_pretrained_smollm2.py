@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from src.runtime import pretrained
-from src.runtime.pretrained import SMOLLM2_GGUF, ensure_smollm2_gguf, resolve_pretrained
+from src.assets import pretrained
+from src.assets.pretrained import SMOLLM2_GGUF, ensure_smollm2_gguf, resolve_pretrained
 
 
 def fake_wheel(dest: Path) -> Path:

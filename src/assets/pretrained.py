@@ -7,7 +7,8 @@ transformers dequantise it: `AutoModelForCausalLM.from_pretrained(dir, gguf_file
 `accelerate`). The same file carries the real 49k BPE tokenizer (`AutoTokenizer.from_pretrained(dir,
 gguf_file=name)`).
 
-This module imports nothing from `src.models` so the data layer can use it to load the tokenizer too.
+This module imports nothing from `src` (the `assets` leaf): the data layer loads the tokenizer from it, the models
+layer the weights.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-skill evaluation and the curricula that act on it: Skill-It, skill (anti-)curriculum, difficulty curricula.
+"""Per-skill evaluation: answer-token loss and greedy accuracy per skill, and the callback every curriculum extends.
 
 `SkillEvalCallback` measures every skill's answer-token loss and greedy accuracy on its validation questions every
 `eval_every` optimizer steps (each rank a shard, sums all-reduced, so every rank sees the same numbers), logs them
@@ -21,11 +21,8 @@ skills.json use that step; a warning says when the lag is a large share of a rou
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +33,8 @@ from lightning.pytorch.callbacks import Callback
 
 from src.data.cache import atomic_write_text
 from src.data.errors import DataError
-from src.data.skills_graph import skillit_mixture, target_mask, validate_graph
-from src.kernels import token_logprobs
+from src.models.logprobs import IGNORE_INDEX, backbone_hidden, head_logprobs
+from src.plots.skills import plot_skill_history
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +47,15 @@ def answer_stats(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     exactly when greedy decoding from the prompt reproduces it, end-of-sequence included: greedy exact match,
     without generating. For one-token answers (LEGO, addition) it is the greedy answer.
     """
-    hidden = backbone(batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                      position_ids=batch.get("position_ids"))  # [B, T, d]
+    hidden = backbone_hidden(backbone, batch)  # [B, T, d]
     labels = batch["labels"]  # [B, T]
-    sel = labels != -100  # [B, T]
+    sel = labels != IGNORE_INDEX  # [B, T]
+    # Only the answer rows, in fp32 (a bf16 model is scored in fp32): the kernel never sees the prompt's rows.
     h, tgt = hidden[sel].float(), labels[sel]  # [n, d], [n]
+    logp = head_logprobs(backbone, h, tgt, dtype=torch.float32)  # [n]
     row = sel.nonzero()[:, 0]  # [n]: the item each answer token belongs to
     weight = backbone.output_weight.float()  # [V, d]
     bias = backbone.output_bias
-    logp = token_logprobs(h, weight, tgt, bias=None if bias is None else bias.float())  # [n]
     wrong = torch.zeros(labels.shape[0], device=h.device)  # [B]: wrong tokens per item
     for i in range(0, h.shape[0], 2048):  # [<=2048, V] at a time: long answers x a large vocabulary stay small
         logits = h[i:i + 2048] @ weight.T + (0 if bias is None else bias.float())  # [c, V]
@@ -218,181 +215,3 @@ class SkillEvalCallback(Callback):
         out["skill/acc_mean_half"] = float(np.mean(half["acc"]))
         out["skill/half_step"] = half["step"]
         return out
-
-
-class SkillItCallback(SkillEvalCallback):
-    """Skill-It online mixing (Algorithm 1): T rounds; each round's p from the last w evaluations and graph A.
-
-    graph: a `[k, k]` list or a path to a yaml/json file holding one (e.g. written by
-    scripts/learn_skills_graph.py); null = the data config's `skills_graph`. target_skills: indices (or
-    skill names) whose columns count (fine-tuning for targets); null = all.
-    """
-
-    def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
-                 graph: Any = None, target_skills: list[int | str] | None = None, eval_at_start: bool = True) -> None:
-        super().__init__(eval_every, eval_at_start)
-        if rounds < 1 or window < 1 or eta < 0:
-            raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")
-        self.eta, self.rounds, self.window = float(eta), int(rounds), int(window)
-        self.graph_cfg, self.target_skills = graph, target_skills
-        self.round = 1  # rounds started so far (round 1 starts at fit start)
-        self.graph: np.ndarray | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "round": self.round}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.round = int(state_dict["round"])
-
-    def _graph(self, dm: Any) -> np.ndarray:
-        if self.graph is None:
-            g = self.graph_cfg
-            if isinstance(g, str):
-                import yaml
-
-                path = Path(g)
-                if not path.is_file():
-                    raise DataError(f"curriculum graph file {g} does not exist; run scripts/learn_skills_graph.py "
-                                    "or give the matrix inline")
-                doc = yaml.safe_load(path.read_text())
-                g = doc.get("graph", doc) if isinstance(doc, dict) else doc
-                if isinstance(doc, dict) and doc.get("skills") is not None and g is not None:
-                    g = align_graph(g, [str(n) for n in doc["skills"]], list(dm.skill_names), str(path))
-            if g is None:
-                g = dm.skills_graph
-            if g is None:
-                raise DataError("Skill-It needs a skills graph: set data.skills_graph or curriculum.callback.graph")
-            self.graph = validate_graph(g, dm.k, "Skill-It graph")
-        return self.graph
-
-    def round_start(self, t: int, max_steps: int) -> int:
-        """First step of round t (1-based): rounds split max_steps evenly."""
-        return (t - 1) * max_steps // self.rounds
-
-    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> None:
-        mask = target_mask(dm.k, self.target_skills, dm.skill_names)
-        if self.eval_every > max(1, trainer.max_steps // self.rounds):
-            log.warning("Skill-It: eval_every=%d > round length %d: rounds reuse old losses",
-                        self.eval_every, trainer.max_steps // self.rounds)
-        dm.set_mixture(skillit_mixture(self._graph(dm), None, self.eta, mask))
-
-    def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
-        if self.round >= self.rounds or step < self.round_start(self.round + 1, trainer.max_steps):
-            return
-        window = np.asarray([e["loss"] for e in self.evals[-self.window:]])  # [w, k]
-        p = skillit_mixture(self._graph(dm), window, self.eta, target_mask(dm.k, self.target_skills, dm.skill_names))
-        p = trainer.strategy.broadcast(p, src=0)  # identical already (all-reduced losses); make it certain
-        self.round += 1
-        self._set_mixture_everywhere(trainer, dm, p, step)
-        log.info("Skill-It round %d at step %d: p = %s", self.round, step, np.round(p, 3).tolist())
-
-
-class SkillCurriculumCallback(SkillEvalCallback):
-    """Skill (anti-)curriculum: round t trains uniformly on the ceil(t·k/T) easiest (hardest) skills by current loss."""
-
-    def __init__(self, rounds: int = 5, eval_every: int = 100, reverse: bool = False) -> None:
-        super().__init__(eval_every)
-        self.rounds, self.reverse, self.round = int(rounds), bool(reverse), 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "round": self.round}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.round = int(state_dict["round"])
-
-    def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
-        if self.round >= self.rounds or step < self.round * trainer.max_steps // self.rounds or not self.evals:
-            return
-        self.round += 1
-        loss = np.asarray(self.evals[-1]["loss"])
-        order = np.argsort(-loss if self.reverse else loss, kind="stable")
-        active = order[: math.ceil(self.round * dm.k / self.rounds)]
-        w = np.zeros(dm.k)
-        w[active] = 1.0
-        self._set_mixture_everywhere(trainer, dm, w, step)
-
-
-class DifficultyCurriculumCallback(SkillEvalCallback):
-    """Example-level (anti-)curriculum: pool sorted by a reference model's answer loss, paced g(i) = i·H/M.
-
-    reference_ckpt: a Lightning checkpoint of the same architecture (e.g. a stratified run's last.ckpt).
-    The order is recomputed at every fit start (deterministic), so resume needs no extra state.
-    """
-
-    def __init__(self, reference_ckpt: str | None = None, reverse: bool = False, eval_every: int = 100) -> None:
-        super().__init__(eval_every)
-        self.reference_ckpt, self.reverse = reference_ckpt, bool(reverse)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dm = self._datamodule(trainer)
-        if not self.reference_ckpt or not Path(self.reference_ckpt).is_file():
-            raise DataError(
-                f"curriculum by difficulty needs a reference model checkpoint, got {self.reference_ckpt!r}; train "
-                "one (e.g. curriculum=stratified) and pass "
-                "curriculum.callback.reference_ckpt=<run>/checkpoints/last.ckpt"
-            )
-        ref = copy.deepcopy(pl_module.backbone)
-        state = torch.load(self.reference_ckpt, map_location=pl_module.device, weights_only=False)["state_dict"]
-        ref.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
-        ref.eval()
-        dm.setup("fit")
-        loader = torch.utils.data.DataLoader(dm.train_dataset.answers_only(), batch_size=256, shuffle=False,
-                                             collate_fn=dm.val_dataloader().collate_fn,
-                                             generator=torch.Generator().manual_seed(0))  # global RNG untouched
-        losses = []
-        with torch.no_grad():
-            for batch in loader:
-                batch = {k: v.to(pl_module.device) for k, v in batch.items()}
-                hidden = ref(batch["input_ids"], attention_mask=batch["attention_mask"],
-                             position_ids=batch["position_ids"])  # [B, T, d]
-                logp = token_logprobs(hidden.flatten(0, 1), ref.output_weight, batch["labels"].flatten(),
-                                      bias=ref.output_bias).view_as(batch["labels"])  # [B, T]
-                losses.append(-logp.sum(-1).cpu())  # one answer per row
-        difficulty = torch.cat(losses).numpy()  # [N]
-        order = np.argsort(-difficulty if self.reverse else difficulty, kind="stable")
-        per_step = int(trainer.accumulate_grad_batches) * dm.batch_size * trainer.world_size
-        dm.set_difficulty_order(order, per_step, int(trainer.max_steps))
-        del ref
-        super().on_fit_start(trainer, pl_module)
-
-
-def plot_skill_history(evals: list[dict], mixtures: list[dict], names: list[str], out: Path, title: str = "") -> None:
-    """skill_accuracy.png (accuracy per skill over steps) and skill_mixture.png (weights over steps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [e["step"] for e in evals]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, n in enumerate(names):
-        ax.plot(steps, [e["acc"][i] for e in evals], "o-", ms=3, label=n)
-    ax.set(xlabel="optimizer step", ylabel="greedy answer accuracy", ylim=(0, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, out / "skill_accuracy.png")
-    if mixtures:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        xs = [m.get("applies_from_step", m["step"]) for m in mixtures]
-        end = max(steps[-1] if steps else 0, xs[-1] + 1)
-        xs = [*xs, end]
-        for i, n in enumerate(names):
-            ys = [m["weights"][i] for m in mixtures]
-            ax.step(xs, ys + ys[-1:], where="post", label=n)
-        ax.set(xlabel="optimizer step", ylabel="sampling weight", ylim=(0, 1.02), title=title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        _save(fig, out / "skill_mixture.png")
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)

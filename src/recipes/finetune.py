@@ -9,7 +9,7 @@ with a `finetune/` prefix, so a sweep's table reads one file per job.
 Resume: when the run resumes (a requeued or preempted job, or `ckpt_path=last`), stage 1 continues from its
 checkpoint — a finished stage 1 restores its final weights and trains nothing — and stage 2 continues from
 `<run dir>/finetune/checkpoints/last.ckpt` if it had started; a preemption record in either stage's dir makes a
-plain relaunch resume (src/runtime/preemption.py).
+plain relaunch resume (src/runtime/preemption.py). `src/runtime/run.py` runs stage 1 and passes whether it resumed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.cache import atomic_write_text
+from src.runtime.build import build_components, fit
 from src.runtime.checkpoints import ensure_fresh_run_dir, is_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Pa
                  resumed: bool = False) -> dict[str, Any]:
     """Fine-tune `pretrained`'s backbone under `cfg.finetune`; returns the merged metrics. `resumed`: stage 1
     continued from a checkpoint, so stage 2 continues from its own last checkpoint when it has one."""
-    from src.runtime.run import build_components, fit  # run.py calls us: import lazily
-
     ft_cfg = finetune_config(cfg, output_dir)
     datamodule, module, trainer = build_components(ft_cfg)
     own = Path(ft_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

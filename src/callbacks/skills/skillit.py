@@ -1,0 +1,85 @@
+"""Skill-It online mixing (Chen et al., NeurIPS 2023; docs/skillit.md): each round's mixture from the graph and the
+last evaluations' per-skill losses (`src/data/skills_graph.py` holds the rule, this callback when it applies)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+
+from src.callbacks.skills.evaluation import SkillEvalCallback, align_graph
+from src.data.errors import DataError
+from src.data.skills_graph import skillit_mixture, target_mask, validate_graph
+
+log = logging.getLogger(__name__)
+
+
+class SkillItCallback(SkillEvalCallback):
+    """Skill-It online mixing (Algorithm 1): T rounds; each round's p from the last w evaluations and graph A.
+
+    graph: a `[k, k]` list or a path to a yaml/json file holding one (e.g. written by
+    scripts/learn_skills_graph.py); null = the data config's `skills_graph`. target_skills: indices (or
+    skill names) whose columns count (fine-tuning for targets); null = all.
+    """
+
+    def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
+                 graph: Any = None, target_skills: list[int | str] | None = None, eval_at_start: bool = True) -> None:
+        super().__init__(eval_every, eval_at_start)
+        if rounds < 1 or window < 1 or eta < 0:
+            raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")
+        self.eta, self.rounds, self.window = float(eta), int(rounds), int(window)
+        self.graph_cfg, self.target_skills = graph, target_skills
+        self.round = 1  # rounds started so far (round 1 starts at fit start)
+        self.graph: np.ndarray | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "round": self.round}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.round = int(state_dict["round"])
+
+    def _graph(self, dm: Any) -> np.ndarray:
+        if self.graph is None:
+            g = self.graph_cfg
+            if isinstance(g, str):
+                import yaml
+
+                path = Path(g)
+                if not path.is_file():
+                    raise DataError(f"curriculum graph file {g} does not exist; run scripts/learn_skills_graph.py "
+                                    "or give the matrix inline")
+                doc = yaml.safe_load(path.read_text())
+                g = doc.get("graph", doc) if isinstance(doc, dict) else doc
+                if isinstance(doc, dict) and doc.get("skills") is not None and g is not None:
+                    g = align_graph(g, [str(n) for n in doc["skills"]], list(dm.skill_names), str(path))
+            if g is None:
+                g = dm.skills_graph
+            if g is None:
+                raise DataError("Skill-It needs a skills graph: set data.skills_graph or curriculum.callback.graph")
+            self.graph = validate_graph(g, dm.k, "Skill-It graph")
+        return self.graph
+
+    def round_start(self, t: int, max_steps: int) -> int:
+        """First step of round t (1-based): rounds split max_steps evenly."""
+        return (t - 1) * max_steps // self.rounds
+
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> None:
+        mask = target_mask(dm.k, self.target_skills, dm.skill_names)
+        if self.eval_every > max(1, trainer.max_steps // self.rounds):
+            log.warning("Skill-It: eval_every=%d > round length %d: rounds reuse old losses",
+                        self.eval_every, trainer.max_steps // self.rounds)
+        dm.set_mixture(skillit_mixture(self._graph(dm), None, self.eta, mask))
+
+    def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
+        if self.round >= self.rounds or step < self.round_start(self.round + 1, trainer.max_steps):
+            return
+        window = np.asarray([e["loss"] for e in self.evals[-self.window:]])  # [w, k]
+        p = skillit_mixture(self._graph(dm), window, self.eta, target_mask(dm.k, self.target_skills, dm.skill_names))
+        p = trainer.strategy.broadcast(p, src=0)  # identical already (all-reduced losses); make it certain
+        self.round += 1
+        self._set_mixture_everywhere(trainer, dm, p, step)
+        log.info("Skill-It round %d at step %d: p = %s", self.round, step, np.round(p, 3).tolist())

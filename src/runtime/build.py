@@ -1,0 +1,98 @@
+"""The run primitives: build a run's components from a config, fit them, write what explains the run dir.
+
+Everything one stage of training needs and nothing about how stages are composed: `src/runtime/run.py` (one run)
+and the recipes in `src/recipes/` (several stages, e.g. pretrain → fine-tune) call these. This module imports no
+recipe, so recipes can import it without a circle.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from src.callbacks.accumulation import AccumulationAlignment
+from src.runtime.preemption import cluster_plugins, find_preemption_callback
+
+log = logging.getLogger(__name__)
+
+
+def build_strategy(cfg: DictConfig) -> Any:
+    """`strategy=auto` is a name; every other strategy config is an object to instantiate."""
+    if "_target_" in cfg:
+        return instantiate(cfg)
+    return cfg.get("name", "auto")
+
+
+def progress_bar_switch(callbacks: list[Any], enabled: bool) -> tuple[list[Any], bool]:
+    """Either switch turns the bar off: `trainer.enable_progress_bar=false` or `callbacks.progress_bar=null`.
+
+    Lightning alone would refuse the first while our bar callback is configured, and answer the second with its
+    own default bar; a quiet sweep should need only one override.
+    """
+    if not enabled:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks, any(isinstance(c, ProgressBar) for c in callbacks)
+
+
+def val_interval_in_batches(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """`trainer.val_check_interval` counts optimizer steps here, like max_steps, checkpoints and the curricula's
+    evaluations; Lightning counts it in micro-batches. Under accumulation the two differ (accumulate 2: validation
+    every 2 instead of 4 steps, in the middle of an accumulation window), so the int is converted."""
+    interval, acc = trainer_cfg.get("val_check_interval"), int(trainer_cfg.get("accumulate_grad_batches") or 1)
+    if isinstance(interval, int) and acc > 1:
+        return {"val_check_interval": interval * acc}
+    return {}
+
+
+def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Instantiate data → tokenizer → backbone → objective → trainer, in the order their sizes depend on."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    tokenizer = datamodule.tokenizer
+    # `vocab_size: ???` = size the model to the tokenizer; pretrained models keep their own (null).
+    sized = {"vocab_size": tokenizer.vocab_size} if OmegaConf.is_missing(cfg.model, "vocab_size") else {}
+    backbone = instantiate(cfg.model, **sized)
+    tokenizer.check_vocab(backbone.vocab_size)
+    module = instantiate(cfg.method, backbone=backbone, tokenizer=tokenizer)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    # curriculum=<name> may bring the callback that drives its data mixture (conf/curriculum/, docs/skillit.md)
+    if (cfg.get("curriculum") or {}).get("callback"):
+        callbacks.append(instantiate(cfg.curriculum.callback))
+    callbacks.append(AccumulationAlignment())  # resume with another accumulation (src/callbacks/accumulation.py)
+    callbacks, bar = progress_bar_switch(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    plugins = cluster_plugins(callbacks)  # under SLURM: our preemption callback alone owns requeue
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg.strategy),
+        enable_progress_bar=bar, **val_interval_in_batches(cfg.trainer),
+        **({"plugins": plugins} if plugins else {}),
+    )
+    return datamodule, module, trainer
+
+
+def write_run_metadata(cfg: DictConfig, output_dir: Path) -> None:
+    """Rank 0 only: the resolved config and the command, so a run dir explains itself."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (output_dir / "command.txt").write_text(" ".join(sys.argv) + "\n")
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
+        ckpt: str | None) -> None:
+    """`trainer.fit` with the preemption callback (if configured) owning SIGTERM/SIGUSR1/SIGUSR2 meanwhile."""
+    preemption = find_preemption_callback(trainer.callbacks)
+    if preemption is not None:
+        preemption.arm()  # replaces submitit's handlers now, before data set-up (src/runtime/preemption.py)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    finally:
+        if preemption is not None:
+            preemption.disarm()  # Lightning's teardown re-installs whatever it found, i.e. our handler

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,24 @@ class NaNLossAt(CausalLMModule):
         if self.training and int(self.trainer.global_step) in self.nan_at_steps:
             out.numerator = out.numerator * float("nan")
         return out
+
+
+class Pace(Callback):
+    """Slows a run down and says where it is, so a test can kill it in a chosen phase: writes `phase` (train /
+    val) into the run dir and sleeps `train_s` per training batch and `val_s` per validation batch."""
+
+    def __init__(self, train_s: float = 0.05, val_s: float = 0.3) -> None:
+        self.train_s, self.val_s = train_s, val_s
+
+    def _mark(self, trainer: pl.Trainer, phase: str) -> None:
+        if trainer.global_rank == 0:
+            Path(trainer.default_root_dir, "phase").write_text(f"{phase} {trainer.global_step}")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._mark(trainer, "train")
+        time.sleep(self.train_s)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking:
+            self._mark(trainer, "val")
+            time.sleep(self.val_s)

@@ -15,9 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks.accumulation import AccumulationAlignment
+from src.runtime.checkpoint_io import AtomicCheckpointIO
 from src.runtime.preemption import cluster_plugins, find_preemption_callback
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,11 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     callbacks, bar = progress_bar_switch(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = cluster_plugins(callbacks)  # under SLURM: our preemption callback alone owns requeue
+    strategy = build_strategy(cfg.strategy)
+    if strategy == "auto" or type(strategy) is DDPStrategy:  # sharded strategies write directories of their own
+        plugins.append(AtomicCheckpointIO())  # a kill mid-write never leaves a truncated last.ckpt
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg.strategy),
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=strategy,
         enable_progress_bar=bar, **val_interval_in_batches(cfg.trainer),
         **({"plugins": plugins} if plugins else {}),
     )
@@ -92,7 +97,9 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
     if ckpt:
         log.info("resuming from %s", ckpt)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        # weights_only: a checkpoint (maybe downloaded) is read without unpickling code; ours hold only tensors
+        # and plain values (src/models/objective.py stores the RNG states that way).
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     finally:
         if preemption is not None:
             preemption.disarm()  # Lightning's teardown re-installs whatever it found, i.e. our handler

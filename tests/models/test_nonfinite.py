@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from src.runtime.run import build_components
+from src.runtime.build import build_components
 from tests.distributed import ROOT
 from tests.helpers import compose_cfg
 

@@ -66,6 +66,10 @@ RULES = {
     "the pretrained-asset leaf imports no other src room": Rule(
         "src/assets sits below both data and models", ("src/assets/**/*.py",), only=("src.assets",),
     ),
+    "plots import no other src room": Rule(
+        "plots draw the numbers they are given, for callbacks and results scripts alike", ("src/plots/**/*.py",),
+        only=("src.plots",),
+    ),
     "runtime primitives import no recipe": Rule(
         "recipes are built from the runtime's primitives; only run.py, the top, picks a recipe",
         ("src/runtime/**/*.py",), forbidden=("src.recipes",), exclude=("src/runtime/run.py",),

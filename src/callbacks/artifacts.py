@@ -99,7 +99,7 @@ class RunArtifacts(Callback):
         if trainer.global_rank != 0:
             return
         metrics = self.summary(trainer)
-        for cb in trainer.callbacks:  # e.g. per-skill accuracy from src/callbacks/skillit.py
+        for cb in trainer.callbacks:  # e.g. per-skill accuracy from src/callbacks/skills/
             if cb is not self and callable(getattr(cb, "summary_metrics", None)):
                 metrics.update(cb.summary_metrics())
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

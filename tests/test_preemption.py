@@ -17,6 +17,7 @@ import torch
 from omegaconf import open_dict
 
 from src.runtime.preemption import RECORD_FILE, Preempted, PreemptionCheckpoint, auto_resume_ckpt
+from src.runtime.checkpoint_io import atomic_torch_save
 from src.runtime.run import run_training
 from src.runtime.wandb_resume import ID_FILE, pin_wandb_run_id
 from tests.helpers import ROOT, compose_cfg
@@ -86,7 +87,7 @@ def test_signal_checkpoints_at_step_boundary_and_resume_matches(tmp_path: Path, 
 def test_fresh_run_dir_does_not_auto_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    atomic_torch_save({"global_step": 1}, tmp_path / "checkpoints" / "last.ckpt")
     assert auto_resume_ckpt(tmp_path) is None  # a checkpoint alone is not a reason to resume
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM attempt (e.g. node failure, no record)
     assert auto_resume_ckpt(tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")

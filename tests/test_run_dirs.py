@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from src.runtime import resolvers
+from src.runtime.checkpoint_io import atomic_torch_save
 from src.runtime.checkpoints import CheckpointNotFoundError, RunDirTakenError, ensure_fresh_run_dir, resolve_ckpt_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_ckpt_last_prefers_own_run_then_newest(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for name in ("a", "b"):
         (runs / name / "checkpoints").mkdir(parents=True)
-        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        atomic_torch_save({"global_step": 1}, runs / name / "checkpoints" / "last.ckpt")
     os.utime(runs / "a" / "checkpoints" / "last.ckpt", (1, 1))
     assert resolve_ckpt_path("last", runs / "new", runs).endswith("b/checkpoints/last.ckpt")
     assert resolve_ckpt_path("last", runs / "a", runs).endswith("a/checkpoints/last.ckpt")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from src.runtime.preemption import RECORD_FILE, Preempted, PreemptionCheckpoint, auto_resume_ckpt
 from src.runtime.checkpoint_io import atomic_torch_save
+from src.runtime.preemption import RECORD_FILE, Preempted, PreemptionCheckpoint, auto_resume_ckpt
 from src.runtime.run import run_training
 from src.runtime.wandb_resume import ID_FILE, pin_wandb_run_id
 from tests.helpers import ROOT, compose_cfg

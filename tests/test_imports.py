@@ -1,4 +1,4 @@
-"""Layer 1: every module under src/ imports, and every import respects the design's layering (../shared/design.md).
+"""Layer 1: every module under src/ imports, and every import respects the design's layering (docs/design.md).
 
 The layering test reads imports from the source (AST), so an import inside a function counts as much as one at the
 top of a file: a lazy import hides a dependency from Python's import order, not from this test.

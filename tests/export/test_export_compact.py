@@ -98,3 +98,22 @@ def test_bidirectional_model_is_refused(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="bidirectional"):
         export_model(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_and_a_failed_export_leaves_nothing(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    export_model(trained, out, overwrite=True)
+    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a checkpoint whose weights cannot be mapped fails while the model is being written
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("step*.ckpt", "csv", "*.png"))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["state_dict"]["backbone.layers.0.attn.rotary.weight"] = torch.zeros(2)
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ExportError, match="no Llama counterpart"):
+        export_model(run, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")]

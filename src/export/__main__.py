@@ -4,4 +4,5 @@ import sys
 
 from src.export.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing this module (tests/test_imports.py walks every module) runs nothing
+    sys.exit(main())

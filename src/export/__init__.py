@@ -14,12 +14,15 @@ with `peft` for a LoRA adapter, without importing tokensmith. Modules:
 - `export.py`: `export_model`, which ties them together; `cli.py`: the command line.
 """
 
+from typing import Any
+
 from src.export.errors import ExportError
 
 __all__ = ["ExportError", "export_model"]
 
 
-def export_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - thin lazy re-export (keeps `import src.export` light)
+def export_model(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`src.export.export.export_model`, imported on first use (the CLI's error paths stay light)."""
     from src.export.export import export_model as _export_model
 
     return _export_model(*args, **kwargs)

@@ -4,8 +4,10 @@ errors. No training."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,35 @@ def test_percent_by_name_or_every_accuracy(tmp_path, percent) -> None:
     table = aggregate(load_jobs([make_sweep(tmp_path)]), percent=percent)
     assert table.percent == {"addition/acc"}
     assert table.stats(table.rows[0], "addition/acc")[0] == pytest.approx(60.0)
+
+
+def test_wandb_gets_the_table_with_numeric_columns_and_the_plots(tmp_path, capsys, monkeypatch) -> None:
+    """A stand-in `wandb` module (a real offline run costs seconds; `--wandb` with WANDB_MODE=offline was checked by
+    hand and writes <out>/wandb/offline-run-*/ with the table and both images)."""
+    logged, calls = {}, {}
+
+    class Run:
+        dir = str(tmp_path / "wandb" / "offline-run-x" / "files")
+
+        def log(self, data):
+            logged.update(data)
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls.update(kw) or Run(),
+                                 Table=lambda columns, data: ("table", columns, data),
+                                 Image=lambda path: ("image", path))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("TOKENSMITH_CACHE", str(tmp_path / "cache"))
+    for key in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(key, raising=False)  # restored (unset) after the test, whatever the report sets
+    sweep = make_sweep(tmp_path)
+    assert main([str(sweep), "--metrics", "val/loss", "--curves", "train/loss", "--wandb"]) == 0
+    assert f"W&B: {tmp_path / 'wandb' / 'offline-run-x'}" in capsys.readouterr().out
+    assert calls["finished"] and calls["job_type"] == "report" and calls["dir"] == str(sweep)
+    kind, columns, data = logged["report/table"]
+    assert columns == ["method.optimizer.lr", "seeds", "val/loss mean", "val/loss std", "val/loss n"]
+    assert data[1][:2] == ["0.003", "1,2,3"] and data[1][2:] == pytest.approx([1.5, 0.5, 3])
+    assert logged["report/train/loss"] == ("image", str(sweep / "report_train_loss.png"))
+    assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "cache" / "wandb")  # W&B side files not in $HOME

@@ -86,12 +86,18 @@ def log_wandb(table: Table, images: list[tuple[str, Path]], out: Path, project: 
             mean, std, n = table.stats(row, m)
             cells += [None if n == 0 else mean, std, n]
         data.append(cells)
+    cache = Path(os.environ.get("TOKENSMITH_CACHE") or Path(__file__).resolve().parents[2] / ".cache")
+    for key, sub in (("WANDB_CACHE_DIR", "wandb"), ("WANDB_CONFIG_DIR", "wandb-config"),
+                     ("WANDB_DATA_DIR", "wandb-data")):  # as train.py does: W&B's side files in the cache, not $HOME
+        if key not in os.environ:
+            (cache / sub).mkdir(parents=True, exist_ok=True)
+            os.environ[key] = str(cache / sub)
     run = wandb.init(project=project, name=name, job_type="report", dir=str(out),
                      config={"group": table.group, "metrics": table.metrics})
     try:
         run.log({"report/table": wandb.Table(columns=columns, data=data),
                  **{f"report/{metric}": wandb.Image(str(path)) for metric, path in images}})
-        return str(run.dir)
+        return str(Path(run.dir).parent)  # offline: <out>/wandb/offline-run-*, for `wandb sync`
     finally:
         run.finish()
 

@@ -58,6 +58,7 @@ def plot(table: Table, metric: str, out_dir: Path, title: str = "") -> Path | No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
     curves = [(row, c) for row in table.rows if (c := row_curve(row, metric)) is not None]
     if not curves:
@@ -65,19 +66,25 @@ def plot(table: Table, metric: str, out_dir: Path, title: str = "") -> Path | No
     colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
     fig, ax = plt.subplots(figsize=(8, 4.5))
     kinds = set()
-    positive = True
+    positive, low, high = True, float("inf"), 0.0
     for i, (row, (steps, mean, lo, hi, n)) in enumerate(curves):
         color = colors[i % len(colors)]
         kind = "± std" if n >= 3 else ("min–max" if n == 2 else "")
         kinds.add(kind or "none")
-        label = f"{row.label(table.group)}  (n={n}{', ' + kind if kind else ''})"
+        label = f"{', '.join(row.key) or 'all'}  (n={n}{', ' + kind if kind else ''})"  # keys: the legend title
         ax.plot(steps, mean, "o-" if len(steps) <= 40 else "-", ms=3, lw=1.5, color=color, label=label)
         if n >= 2:
             ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
         positive = positive and bool((lo > 0).all() and (mean > 0).all())
+        low, high = min(low, float(lo.min())), max(high, float(hi.max()))
     name = metric.rsplit("/", 1)[-1]
     if positive and ("loss" in name or "ppl" in name):
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda y, _: f"{y:g}")
+        ax.yaxis.set_major_formatter(plain)
+        if high / low < 20:  # within about a decade the log ticks leave a bare axis: plain ticks, log spacing
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+            ax.yaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(metric + (" (nats/token)" if name == "loss" else ""))
     ax.grid(alpha=0.3, which="both")

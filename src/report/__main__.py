@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         plot_metrics = curve_metrics(table, args.curves)
         out = args.out if args.out is not None else args.dirs[0]
         text = markdown(table)
-        print(text, end="")
         images = []
         for metric in plot_metrics:
             path = curves.plot(table, metric, out, title=args.title)
@@ -120,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         doc = [f"# {args.title or 'Report'}: {', '.join(str(d) for d in args.dirs)}", "", f"`{command}`", "", text]
         doc += [f"![{metric}]({path.name})\n" for metric, path in images]
         atomic_write_text(out / "report.md", "\n".join(doc))
-        print(f"\nwrote {out / 'report.md'}" + "".join(f", {p.name}" for _, p in images))
+        print(text + f"\nwrote {out / 'report.md'}" + "".join(f", {p.name}" for _, p in images), flush=True)
         if args.wandb:
             where = log_wandb(table, images, out, args.wandb_project, args.title or f"report-{out.name}")
             print(f"W&B: {where}")
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head`: the files are written; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -86,6 +86,7 @@ def plot(table: Table, metric: str, out_dir: Path, title: str = "") -> Path | No
             ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
             ax.yaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric + (" (nats/token)" if name == "loss" else ""))
     ax.grid(alpha=0.3, which="both")
     bands = sorted(k for k in kinds if k != "none")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from src.report.__main__ import main
-from src.report.collect import load_jobs
+from src.report.collect import load_jobs, read_csv_curves
 from src.report.curves import row_curve
 from src.report.table import aggregate
 
@@ -188,3 +188,10 @@ def test_wandb_gets_the_table_with_numeric_columns_and_the_plots(tmp_path, capsy
     assert data[1][:2] == ["0.003", "1,2,3"] and data[1][2:] == pytest.approx([1.5, 0.5, 3])
     assert logged["report/train/loss"] == ("image", str(sweep / "report_train_loss.png"))
     assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "cache" / "wandb")  # W&B side files not in $HOME
+
+
+def test_csv_curves_skip_empty_cells_and_a_resumed_run_keeps_the_last_value_of_a_step(tmp_path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/loss\n0,0,3.0,\n0,1,2.5,\n0,1,,2.9\n0,1,2.4,\n0,2,nan,\n,x,1.0,\n")
+    assert read_csv_curves(path) == {"train/loss": [(0, 3.0), (1, 2.4)], "val/loss": [(1, 2.9)]}
+    assert read_csv_curves(tmp_path / "absent.csv") == {}

@@ -67,9 +67,9 @@ def test_budget_stops_a_job_into_its_checkpoint_and_the_same_command_continues_i
     third = _sweep(tmp_path, budget=300, max_steps=end)  # finished: nothing runs again
     assert third.returncode == 0 and "1 finished earlier, 0 to run" in third.stdout
     assert (tmp_path / "sweep" / "job.log").stat().st_size == log_size
-    table = subprocess.run([sys.executable, "scripts/sweep_table.py", str(tmp_path / "sweep"), "--group", "seed",
+    table = subprocess.run([sys.executable, "-m", "src.report", str(tmp_path / "sweep"), "--group", "seed",
                             "--metrics", "steps"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert f"| 1 | 1 | {end:.3g} ± 0 |" in table.stdout, table.stdout + table.stderr  # the sweep dir reads as one
+    assert f"| 1 | 1 | {end} (1) |" in table.stdout, table.stdout + table.stderr  # the sweep dir reads as one
 
 
 def test_fit_steps_takes_the_slowest_pace_and_whole_rounds() -> None:

@@ -1,0 +1,124 @@
+"""Finding and reading run directories.
+
+A run dir holds `.hydra/overrides.yaml` (the job's command-line overrides), `metrics.json` (final metrics, written
+when the run ends) and `csv/metrics.csv` (every logged metric per optimizer step). A multirun dir holds run dirs:
+Hydra names them 0, 1, ...; `scripts/budget_sweep.py` names them after the swept values. A job without
+metrics.json (crashed, still running, stopped at a budget) is kept as missing, never counted as zeros.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ReportError(Exception):
+    """A problem with what the user asked for (a path, a metric): printed as one line, exit status 2."""
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra" / "overrides.yaml").is_file() or (path / "metrics.json").is_file()
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """`["a.b=1", "+c=x", "~d"]` -> {"a.b": "1", "c": "x", "d": "(deleted)"}; values stay strings."""
+    out = {}
+    for ov in overrides:
+        ov = str(ov)
+        if ov.startswith("~"):
+            out[ov[1:].split("=", 1)[0]] = "(deleted)"
+        elif "=" in ov:
+            key, value = ov.split("=", 1)
+            out[key.lstrip("+")] = value
+    return out
+
+
+@dataclass
+class Job:
+    dir: Path
+    overrides: dict[str, str]
+    metrics: dict | None  # None: no (readable) metrics.json
+    why_missing: str = ""
+    _curves: dict[str, list[tuple[int, float]]] | None = field(default=None, repr=False)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Job:
+        ov_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = parse_overrides(yaml.safe_load(ov_file.read_text()) or []) if ov_file.is_file() else {}
+        metrics_file = run_dir / "metrics.json"
+        if not metrics_file.is_file():
+            return cls(run_dir, overrides, None, "no metrics.json")
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError) as e:
+            return cls(run_dir, overrides, None, f"unreadable metrics.json ({e.__class__.__name__})")
+        if not isinstance(metrics, dict):
+            return cls(run_dir, overrides, None, "metrics.json is not a mapping")
+        return cls(run_dir, overrides, metrics)
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    def number(self, metric: str) -> float | None:
+        """The final value of `metric` as a float, or None when absent, null, non-numeric or NaN."""
+        value = (self.metrics or {}).get(metric)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return None
+        return float(value)
+
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Every column of csv/metrics.csv as (step, value) pairs sorted by step; a step logged twice (a resumed
+        run) keeps its last value. Empty when the run has no CSV log."""
+        if self._curves is None:
+            self._curves = read_csv_curves(self.dir / "csv" / "metrics.csv")
+        return self._curves
+
+
+def read_csv_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    if not path.is_file():
+        return {}
+    series: dict[str, dict[int, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = int(float(row.get("step") or ""))
+            except ValueError:
+                continue
+            for key, raw in row.items():
+                if key in ("step", "epoch") or key is None or raw in (None, ""):
+                    continue
+                try:
+                    value = float(raw)
+                except ValueError:
+                    continue
+                if not math.isnan(value):
+                    series.setdefault(key, {})[step] = value
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def _job_order(path: Path) -> tuple:
+    return (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name)
+
+
+def load_jobs(paths: list[Path]) -> list[Job]:
+    """The jobs of run dirs and multirun dirs, in order (numbered jobs numerically, named ones by name)."""
+    jobs = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise ReportError(f"{path}: no such directory")
+        if is_run_dir(path):
+            jobs.append(Job.read(path))
+            continue
+        runs = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)), key=_job_order)
+        if not runs:
+            raise ReportError(f"{path} is neither a run dir (metrics.json or .hydra/overrides.yaml) nor a multirun "
+                              "dir (sub-directories that are run dirs)")
+        jobs += [Job.read(p) for p in runs]
+    return jobs

@@ -74,6 +74,15 @@ RULES = {
         "recipes are built from the runtime's primitives; only run.py, the top, picks a recipe",
         ("src/runtime/**/*.py",), forbidden=("src.recipes",), exclude=("src/runtime/run.py",),
     ),
+    "report and export are top-level tools nothing imports": Rule(
+        "they read finished run dirs and checkpoints; training never depends on them", ("src/**/*.py",),
+        forbidden=("src.report", "src.export"),
+        exclude=tuple(str(p.relative_to(ROOT)) for d in ("report", "export") for p in (ROOT / "src" / d).glob("*.py")),
+    ),
+    "report reads run dirs, not the training code": Rule(
+        "a report must work on run dirs of any version of the code", ("src/report/**/*.py",),
+        only=("src.report", "src.plots"),
+    ),
     "recipes do not import the top of the runtime": Rule(
         "run.py calls the recipes, so a recipe importing it would close a circle", ("src/recipes/**/*.py",),
         forbidden=("src.runtime.run",),

@@ -200,7 +200,7 @@ class SkillDataModule(StreamPosition, L.LightningDataModule):
     def _encode(self, recs: list[dict], where: str) -> SkillItems:
         tok = self.tokenizer
         prompts = tok.encode_batch([r["prompt"] for r in recs])
-        if self.task["kind"] == "records":  # answer = response + eos, as SFT (src/data/sft.py)
+        if self.task["kind"] == "records":  # answer = response + eos, as SFT (src/data/formats/sft.py)
             answers = [a + [tok.eos_id] for a in tok.encode_batch([r["response"] for r in recs])]
             limit = int(self.task.get("max_tokens", 1024))
             for r, p, a in zip(recs, prompts, answers):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src.callbacks.skills.evaluation import answer_stats  # noqa: E402
-from src.data.skill_datamodule import SkillCollator  # noqa: E402
+from src.data.collate import PadCollator  # noqa: E402
 from src.data.skill_sampler import SkillSampler  # noqa: E402
 from src.data.skills_graph import approximate_graph, brute_force_graph  # noqa: E402
 from src.losses.token_ce import token_cross_entropy  # noqa: E402
@@ -56,7 +56,7 @@ def train_on(backbone: torch.nn.Module, dm, weights: list[float], steps: int, lr
     opt = torch.optim.AdamW(backbone.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     sampler = SkillSampler(dm.pool_sizes, weights, seed=seed)
     loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=dm.batch_size, sampler=sampler,
-                                         collate_fn=SkillCollator(dm.tokenizer.pad_id))
+                                         collate_fn=PadCollator(dm.tokenizer.pad_id))
     for _, batch in zip(range(steps), loader):
         logp = batch_logprobs(backbone, batch).logp  # [B, T]
         loss, _ = token_cross_entropy(logp.flatten(), batch["labels"].flatten())

@@ -1,11 +1,16 @@
-"""`LMDataModule`: causal-LM pretraining (packed rows) and SFT (prompt-masked, per-batch padded) data.
+"""`LMDataModule`: causal-LM data of any format (src/data/formats/: packed pretraining rows, prompt-masked SFT, ...).
+
+The module is format-blind: it loads the source, splits it, trains the tokenizer, tokenizes with a cache, samples
+and resumes; what depends on the kind of record (fields, tokenization, dataset, collation) it asks the
+`DataFormat` named by `data.format`.
 
 Life cycle (Lightning): `prepare_data` (local rank 0 only) generates the corpus, trains/loads the tokenizer and
 fills the tokenization cache; `setup` (every rank) loads from those caches and builds the datasets. Everything is
 lazy and idempotent, so `.tokenizer` can be read before either (train.py needs vocab_size to build the model).
 
 Resume: `state_dict()` saves the global number of samples consumed at the checkpoint (an optimizer-step
-boundary); `load_state_dict()` makes the next `train_dataloader()` start the infinite sampler exactly there.
+boundary, src/data/stream_position.py) and the identity of the data it indexes; `load_state_dict()` makes the
+next `train_dataloader()` start the infinite sampler exactly there.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +29,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
-from src.data.packing import Batch, PackedDataset, pack_flat, token_column_arrays
-from src.data.sampler import InfiniteSampler, position_state, restore_position, samples_consumed_at
-from src.data.sft import SFTCollator, SFTDataset, SFTTokenize
-from src.data.sources import Fields, LoadedSource, load_source, normalize_spec, to_plain
-from src.data.stochastok import (
-    EpochTaggedSampler,
-    SplitTable,
-    StochasTokConfig,
-    StochasTokPackedDataset,
-    rows_with_headroom,
-)
-from src.data.tokenized import TextTokenize, cached_map, tokenizer_fingerprint
+from src.data.formats import DataFormat, Fields, FormatSettings, get_format
+from src.data.sources import LoadedSource, load_source, normalize_spec, to_plain
+from src.data.stochastok import StochasTokConfig
+from src.data.stream_position import StreamPosition
+from src.data.tokenized import cached_map, tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,20 +55,12 @@ def loader_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def stack_items(items: Sequence[dict[str, torch.Tensor]] | Batch) -> dict[str, torch.Tensor]:
-    """Collate fixed-length packed items: every key becomes `[B, T]`. A `Batch` (built whole by the dataset's
-    `__getitems__`, the DataLoader's batched fetch) is already collated and passes through."""
-    if isinstance(items, Batch):
-        return dict(items)
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-class LMDataModule(L.LightningDataModule):
+class LMDataModule(StreamPosition, L.LightningDataModule):
     """Causal-LM data. Batches follow docs/contracts.md (labels pre-shifted, -100 = no loss).
 
     pretrain batches: input_ids, labels, attention_mask, position_ids, segment_ids, all `[B, seq_len]` long.
     sft batches: input_ids, labels, attention_mask, position_ids, `[B, L]` long with L <= seq_len the longest
-    record in the batch (right padding).
+    record in the batch (right padding). Other formats: their own module in src/data/formats/.
     """
 
     def __init__(
@@ -96,10 +86,12 @@ class LMDataModule(L.LightningDataModule):
         shuffle: bool = True,
         pin_memory: bool = False,
         stochastok: Mapping[str, Any] | None = None,
+        format_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.source = normalize_spec(source)
         self.val_source = normalize_spec(val_source) if val_source else None
+        format_cls = get_format(format)  # one DataError listing the valid names
         self.fields = Fields(format, text_field, prompt_field, response_field, messages_field)
         self.format = format
         self.tokenizer_cfg: dict[str, Any] = to_plain(tokenizer) if tokenizer else {"vocab_size": 512}
@@ -123,7 +115,10 @@ class LMDataModule(L.LightningDataModule):
         self._identity: str | None = None
         # StochasTok (src/data/stochastok.py): train rows are re-segmented on the fly; p = 0 is off
         self.stochastok = StochasTokConfig.from_cfg(stochastok)
-        if self.stochastok.enabled and format != "pretrain":
+        self.data_format: DataFormat = format_cls(FormatSettings(
+            fields=self.fields, seq_len=self.seq_len, drop_long_prompts=self.drop_long_prompts, seed=self.seed,
+            cache_dir=self.cache_dir, stochastok=self.stochastok, options=to_plain(format_options or {})))
+        if self.stochastok.enabled and not format_cls.supports_stochastok:
             raise DataError(
                 f"data.stochastok.p={self.stochastok.p} applies to pretraining text (data.format=pretrain), not "
                 f"{format!r}; set data.stochastok.p=0 (fine-tuning uses deterministic tokens, docs/stochastok.md)"
@@ -138,9 +133,9 @@ class LMDataModule(L.LightningDataModule):
         """(train, val) raw records; val is a seeded random `val_fraction` of the source unless `val_source`."""
         if self._splits is not None:
             return self._splits
-        src = load_source(self.source, self.fields, self.cache_dir)
+        src = load_source(self.source, self.data_format, self.cache_dir)
         if self.val_source is not None:
-            val = load_source(self.val_source, self.fields, self.cache_dir)
+            val = load_source(self.val_source, self.data_format, self.cache_dir)
             self._splits = (src, val)
             return self._splits
         n = len(src.dataset)
@@ -161,19 +156,8 @@ class LMDataModule(L.LightningDataModule):
         return self._splits
 
     def _training_texts(self) -> list[str]:
-        """Texts the BPE is trained on: the train split only (pretrain text, or SFT prompts/responses/turns)."""
-        ds = self._raw_splits()[0].dataset
-        f = self.fields
-        if f.format == "pretrain":
-            return list(ds[f.text])
-        texts: list[str] = []
-        cols = set(ds.column_names)
-        for rec in ds:
-            if f.messages in cols and rec.get(f.messages):
-                texts += [m["content"] for m in rec[f.messages]]
-            else:
-                texts += [rec[f.prompt], rec[f.response]]
-        return texts
+        """Texts the BPE is trained on: the train split only (the format's texts: pretrain text, SFT turns...)."""
+        return self.data_format.training_texts(self._raw_splits()[0].dataset)
 
     # -- tokenizer ---------------------------------------------------------------------------------------------
     @property
@@ -185,20 +169,8 @@ class LMDataModule(L.LightningDataModule):
 
     # -- datasets ----------------------------------------------------------------------------------------------
     def _tokenize(self, split: LoadedSource) -> datasets.Dataset:
-        tok = self.tokenizer
-        if self.format == "pretrain":
-            fn: Any = TextTokenize(tok, self.fields, split.locations)
-            key = ["pretrain-v1", split.fingerprint, tokenizer_fingerprint(tok), self.fields.text]
-        else:
-            fn = SFTTokenize(tok, self.fields, self.seq_len, self.drop_long_prompts, split.locations)
-            key = [
-                "sft-v1",
-                split.fingerprint,
-                tokenizer_fingerprint(tok),
-                self.fields.__dict__,
-                self.seq_len,
-                self.drop_long_prompts,
-            ]
+        tok, fmt = self.tokenizer, self.data_format
+        fn, key = fmt.tokenize_fn(tok, split.locations), fmt.cache_key(split.fingerprint, tok)
         try:
             return cached_map(split.dataset, fn, key, self.cache_dir, self.num_proc, f"tokenize {split.origin}")
         except DataError as e:  # the message names the record's file and line (split.locations) when known
@@ -208,16 +180,7 @@ class LMDataModule(L.LightningDataModule):
         tok_ds = self._tokenize(split)
         if len(tok_ds) == 0:
             raise DataError(f"{split.origin}: no usable records left after tokenization (all dropped?)")
-        if self.format == "sft":
-            return SFTDataset(tok_ds)
-        flat, lengths = token_column_arrays(tok_ds.data.column("input_ids"))
-        if expand and self.stochastok.enabled:  # expansion first, then the row must fit: rows get headroom
-            tok, p = self.tokenizer, self.stochastok.p
-            rows = rows_with_headroom(flat, lengths, self.seq_len, p, tok.eos_id, tok.pad_id)
-            table = SplitTable.load_or_build(tok, self.cache_dir)
-            return StochasTokPackedDataset(rows, table, p, self.seed, self.seq_len, tok.pad_id)
-        rows = pack_flat(flat, lengths, self.seq_len, self.tokenizer.eos_id, self.tokenizer.pad_id)
-        return PackedDataset(rows)
+        return self.data_format.build_dataset(tok_ds, self.tokenizer, train=expand)
 
     def prepare_data(self) -> None:
         """Once per node: generate/load the corpus, train the tokenizer, fill the tokenization cache."""
@@ -241,22 +204,15 @@ class LMDataModule(L.LightningDataModule):
         )
 
     # -- loaders -----------------------------------------------------------------------------------------------
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
     def _collate(self) -> Any:
-        return stack_items if self.format == "pretrain" else SFTCollator(self.tokenizer.pad_id)
+        return self.data_format.collate_fn(self.tokenizer)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
         self._check_restored_identity()
         rank, world = self._rank_world()
-        tagged = isinstance(self.train_dataset, StochasTokPackedDataset)  # keys (index, epoch): fresh splits per epoch
-        sampler_cls = EpochTaggedSampler if tagged else InfiniteSampler
+        sampler_cls = self.data_format.sampler_class(self.train_dataset)
         sampler = sampler_cls(
             len(self.train_dataset), self.seed, rank, world, self._samples_consumed, shuffle=self.shuffle
         )
@@ -289,19 +245,9 @@ class LMDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
-    # -- resume --------------------------------------------------------------------------------------------------
-    def samples_consumed(self) -> int:
-        """Global samples consumed so far (all ranks); checkpoints are taken at optimizer-step boundaries."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return self._samples_consumed
-        _, world = self._rank_world()
-        per_step = int(trainer.accumulate_grad_batches) * self.batch_size * world
-        return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)
-
+    # -- resume (the position itself: StreamPosition) -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**position_state(self.samples_consumed(), getattr(self, "trainer", None)),
-                "data": self.data_identity()}
+        return {**self.position_state(), "data": self.data_identity()}
 
     def data_identity(self) -> str | None:
         """What the stream position indexes: the train split (records, seed, val split), the tokenizer, seq_len
@@ -315,7 +261,7 @@ class LMDataModule(L.LightningDataModule):
         return self._identity
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._samples_consumed, self._consumed_step = restore_position(state_dict)
+        self.restore_position(state_dict)
         self._restored_identity = state_dict.get("data")  # absent in checkpoints written before it was recorded
 
     def _check_restored_identity(self) -> None:
@@ -343,17 +289,4 @@ class LMDataModule(L.LightningDataModule):
             return story_prompts()
         train, val = self._raw_splits()
         ds = (val or train).dataset.select(range(min(4, len((val or train).dataset))))
-        f = self.fields
-        prompts: list[str] = []
-        for rec in ds:
-            if f.format == "pretrain":
-                prompts.append(" ".join(rec[f.text].split()[:4]))
-            elif rec.get(f.messages):
-                msgs = rec[f.messages]
-                last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-                prompts.append(
-                    self.tokenizer.hf.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
-                )
-            else:
-                prompts.append(rec[f.prompt])
-        return prompts
+        return [self.data_format.sample_prompt(rec, self.tokenizer) for rec in ds]

@@ -11,8 +11,8 @@ Mixture: the train stream samples skills by the sampler's weights: `natural` = t
 imbalanced) proportions, i.e. uniform over examples ("random" baseline), `uniform` = equal per skill
 ("stratified"), or explicit weights. Curriculum callbacks change them during training through `set_mixture`.
 
-Resume: `state_dict()` holds the global samples consumed (as `LMDataModule`) and the mixture schedule, so a
-resumed run draws exactly the samples an uninterrupted one would.
+Resume: `state_dict()` holds the global samples consumed (src/data/stream_position.py, as `LMDataModule`), the
+mixture schedule and the pool's identity, so a resumed run draws exactly the samples an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -29,17 +29,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from src.data.collate import PadCollator
 from src.data.errors import DataError
 from src.data.lm_datamodule import loader_generator, seed_worker
-from src.data.sampler import position_state, restore_position, samples_consumed_at
+from src.data.packing import IGNORE_INDEX
 from src.data.skill_sampler import SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 from src.data.sources import to_plain
+from src.data.stream_position import StreamPosition
 from src.data.tasks.skill_records import SkillFields, assign_skills, hold_out_val, read_skill_records
 from src.data.tokenizer import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 TASK_KINDS = ("lego", "addition", "records")
 LOSS_ON = ("answer", "all")  # training targets: the answer tokens only, or every next token (validation: answer)
 
@@ -108,27 +109,7 @@ class SkillItems(Dataset):
         }
 
 
-class SkillCollator:
-    """Right-pads to the longest item: input_ids/labels/attention_mask/position_ids `[B, L]`, skill `[B]`."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        t, b = max(int(it["input_ids"].shape[0]) for it in items), len(items)
-        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)  # [B, T]
-        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)  # [B, T]
-        attention_mask = torch.zeros((b, t), dtype=torch.long)  # [B, T]
-        for i, it in enumerate(items):
-            n = int(it["input_ids"].shape[0])
-            input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = it["input_ids"], it["labels"], 1
-        position_ids = torch.arange(t).expand(b, t) * attention_mask  # [B, T]
-        skill = torch.stack([it["skill"] for it in items])  # [B]
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-                "position_ids": position_ids.contiguous(), "skill": skill}
-
-
-class SkillDataModule(L.LightningDataModule):
+class SkillDataModule(StreamPosition, L.LightningDataModule):
     def __init__(
         self,
         task: Mapping[str, Any],
@@ -219,7 +200,7 @@ class SkillDataModule(L.LightningDataModule):
     def _encode(self, recs: list[dict], where: str) -> SkillItems:
         tok = self.tokenizer
         prompts = tok.encode_batch([r["prompt"] for r in recs])
-        if self.task["kind"] == "records":  # answer = response + eos, as SFT (src/data/sft.py)
+        if self.task["kind"] == "records":  # answer = response + eos, as SFT (src/data/formats/sft.py)
             answers = [a + [tok.eos_id] for a in tok.encode_batch([r["response"] for r in recs])]
             limit = int(self.task.get("max_tokens", 1024))
             for r, p, a in zip(recs, prompts, answers):
@@ -268,10 +249,6 @@ class SkillDataModule(L.LightningDataModule):
         return self.sampler.weights if self.sampler is not None else self.initial_weights
 
     # ---- loaders -------------------------------------------------------------------------------------
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
-
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         rank, world = self._rank_world()
@@ -281,7 +258,7 @@ class SkillDataModule(L.LightningDataModule):
                                     pacing_block=block, pacing_steps=steps, min_available=self.batch_size)
         return DataLoader(
             self.train_dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
-            collate_fn=SkillCollator(self.tokenizer.pad_id),
+            collate_fn=PadCollator(self.tokenizer.pad_id),
             worker_init_fn=functools.partial(seed_worker, base_seed=self.seed, rank=rank),
             generator=loader_generator(self.seed),
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
@@ -291,7 +268,7 @@ class SkillDataModule(L.LightningDataModule):
         """All skills pooled (Lightning's val/loss = answer-token loss); per-skill numbers come from the callback."""
         self.setup("validate")
         return DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
-                          collate_fn=SkillCollator(self.tokenizer.pad_id), generator=loader_generator(self.seed))
+                          collate_fn=PadCollator(self.tokenizer.pad_id), generator=loader_generator(self.seed))
 
     def skill_val_batches(self, skill: int, rank: int = 0, world: int = 1) -> DataLoader:
         """This rank's shard (items rank, rank+W, ...) of skill `skill`'s validation questions."""
@@ -299,20 +276,13 @@ class SkillDataModule(L.LightningDataModule):
         idx = np.flatnonzero(self.val_dataset.skills == skill)[rank::world]
         subset = torch.utils.data.Subset(self.val_dataset, idx.tolist())
         return DataLoader(subset, batch_size=self.val_batch_size, shuffle=False,
-                          collate_fn=SkillCollator(self.tokenizer.pad_id), generator=loader_generator(self.seed))
+                          collate_fn=PadCollator(self.tokenizer.pad_id), generator=loader_generator(self.seed))
 
-    # ---- resume ----------------------------------------------------------------------------------------
-    def samples_consumed(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return self._samples_consumed
-        per_step = int(trainer.accumulate_grad_batches) * self.batch_size * int(trainer.world_size)
-        return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)
-
+    # ---- resume (the position itself: StreamPosition) -----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         schedule = self.sampler.schedule_state() if self.sampler is not None else (
             self._schedule or [(0, [float(x) for x in self.initial_weights])])
-        return {**position_state(self.samples_consumed(), getattr(self, "trainer", None)), "schedule": schedule,
+        return {**self.position_state(), "schedule": schedule,
                 "pool": {"sizes": [int(n) for n in self.pool_sizes], "fingerprint": self.pool_fingerprint()}}
 
     def pool_fingerprint(self) -> str:
@@ -337,7 +307,7 @@ class SkillDataModule(L.LightningDataModule):
                 "Resume with the data settings the run started with (data.task, data.n_train, data.pool, seed), "
                 "or start a new run"
             )
-        self._samples_consumed, self._consumed_step = restore_position(state_dict)
+        self.restore_position(state_dict)
         sched = state_dict.get("schedule")
         if sched:
             self._schedule = [(int(s), list(w)) for s, w in sched]

@@ -10,8 +10,9 @@ A source spec is a plain dict (or a string path, short for `{kind: file, path: .
 - `{kind: stories, n_docs: 20000, seed: 0}`: the generated quickstart corpus (`src/data/tasks/stories.py`).
 - `{kind: records, records: [{text: ...}, ...]}`: in-memory records (tests, notebooks).
 
-Only the fields the format needs are kept (`text` for pretraining; `prompt`/`response` or `messages` for SFT),
-so extra fields of any type never break Arrow schema inference.
+Only the fields the format reads are kept (`DataFormat.columns`, src/data/formats/: `text` for pretraining;
+`prompt`/`response` or `messages` for SFT), so extra fields of any type never break Arrow schema inference. What a
+valid record is, is the format's to say (`DataFormat.project`); this module only reads files and datasets.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 import numpy as np
@@ -31,6 +32,8 @@ import pyarrow.parquet as pq
 
 from src.data.cache import Hasher, file_digest
 from src.data.errors import DataError
+from src.data.formats.base import DataFormat, Fields, FormatSettings
+from src.data.formats.registry import get_format
 
 TEXT_EXTS = (".txt",)
 JSONL_EXTS = (".jsonl", ".json")
@@ -39,77 +42,28 @@ SUPPORTED_EXTS = TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
-@dataclass(frozen=True)
-class Fields:
-    """Which record fields a format reads; the names are config keys (data.text_field, ...)."""
-
-    format: str = "pretrain"  # pretrain | sft
-    text: str = "text"
-    prompt: str = "prompt"
-    response: str = "response"
-    messages: str = "messages"
-
-    def __post_init__(self) -> None:
-        if self.format not in ("pretrain", "sft"):
-            raise DataError(f"data.format must be 'pretrain' or 'sft', got {self.format!r}")
+class RecordReader(Protocol):
+    """What the readers need to know about a record: a `DataFormat` (src/data/formats/base.py) or another schema
+    such as the skills records' `SkillFields`."""
 
     @property
-    def columns(self) -> list[str]:
-        return [self.text] if self.format == "pretrain" else [self.prompt, self.response, self.messages]
+    def columns(self) -> list[str]: ...  # the fields kept
 
-    def project(self, rec: Any, where: str) -> dict[str, Any]:
-        """Validate one record and keep only the fields the format reads; raise one DataError naming the fix."""
-        if not isinstance(rec, Mapping):
-            raise DataError(f"{where}: expected a JSON object per record, got {type(rec).__name__}; fix the record")
-        keys = json.dumps(sorted(str(k) for k in rec))
-        if self.format == "pretrain":
-            return {self.text: _get_str(rec, self.text, where, keys, "data.text_field")}
-        if rec.get(self.messages) is not None:
-            return {
-                self.prompt: None,
-                self.response: None,
-                self.messages: _get_messages(rec[self.messages], self.messages, where),
-            }
-        if self.prompt not in rec and self.response not in rec:
-            raise DataError(
-                f'{where}: SFT record has neither "{self.messages}" nor "{self.prompt}"/"{self.response}" '
-                f"(found keys: {keys}); set data.prompt_field/data.response_field or data.messages_field=..., "
-                "or fix the record"
-            )
-        return {
-            self.prompt: _get_str(rec, self.prompt, where, keys, "data.prompt_field"),
-            self.response: _get_str(rec, self.response, where, keys, "data.response_field"),
-            self.messages: None,
-        }
+    @property
+    def txt_field(self) -> str | None: ...  # the field a .txt block fills; None = no .txt files
+
+    @property
+    def record_kind(self) -> str: ...  # how errors name these records ("SFT")
+
+    def project(self, rec: Any, where: str) -> dict[str, Any]: ...  # validate, keep `columns`
 
 
-def _get_str(rec: Mapping, field: str, where: str, keys: str, cfg_key: str) -> str:
-    if field not in rec:
-        raise DataError(
-            f'{where}: field "{field}" is missing (found keys: {keys}); set {cfg_key}=... or fix the record'
-        )
-    val = rec[field]
-    if not isinstance(val, str):
-        raise DataError(
-            f'{where}: field "{field}" must be a string, got {type(val).__name__} ({str(val)[:40]!r}); fix the record'
-        )
-    return val
-
-
-def _get_messages(val: Any, field: str, where: str) -> list[dict[str, str]]:
-    if not isinstance(val, list) or not val:
-        raise DataError(f'{where}: field "{field}" must be a non-empty list of {{role, content}} messages')
-    out = []
-    for i, m in enumerate(val):
-        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(
-                f'{where}: {field}[{i}] must be {{"role": str, "content": str}}, got {json.dumps(m)[:80]}; '
-                "fix the record"
-            )
-        out.append({"role": m["role"], "content": m["content"]})
-    if not any(m["role"] == "assistant" for m in out):
-        raise DataError(f'{where}: "{field}" has no assistant message, so there is nothing to train on')
-    return out
+def as_format(records: Fields | DataFormat) -> DataFormat:
+    """The format object of `records`: itself, or the format `Fields.format` names built with default settings
+    (enough to read and validate records)."""
+    if isinstance(records, DataFormat):
+        return records
+    return get_format(records.format)(FormatSettings(fields=records))
 
 
 @dataclass(frozen=True)
@@ -152,7 +106,7 @@ class LoadedSource:
 
 
 # --- readers --------------------------------------------------------------------------------------------------
-def _read_jsonl(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_jsonl(path: str, fields: RecordReader) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, encoding="utf-8") as f:
         head = f.read(1)
         while head and head.isspace():
@@ -180,9 +134,12 @@ def _read_jsonl(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]
             yield where, fields.project(rec, where)
 
 
-def _read_txt(path: str, fields: Fields, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    if fields.format != "pretrain":
-        raise DataError(f"{path}: .txt files hold pretraining text; SFT data must be .jsonl/.json/.parquet")
+def _read_txt(path: str, fields: RecordReader, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    text_field = fields.txt_field
+    if text_field is None:
+        raise DataError(
+            f"{path}: .txt files hold pretraining text; {fields.record_kind} data must be .jsonl/.json/.parquet"
+        )
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -194,10 +151,10 @@ def _read_txt(path: str, fields: Fields, split: str) -> Iterator[tuple[str, dict
     else:
         raise DataError(f"txt_split must be 'paragraph' or 'file', got {split!r}")
     for i, b in enumerate(x for x in blocks if x):
-        yield f"{path} {'paragraph' if split == 'paragraph' else 'file'} {i}", {fields.text: b}
+        yield f"{path} {'paragraph' if split == 'paragraph' else 'file'} {i}", {text_field: b}
 
 
-def _read_parquet(path: str, fields: Fields) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_parquet(path: str, fields: RecordReader) -> Iterator[tuple[str, dict[str, Any]]]:
     schema_names = pq.read_schema(path).names
     cols = [c for c in fields.columns if c in schema_names]
     if not cols:
@@ -229,7 +186,7 @@ def _resolve_files(path: str) -> list[str]:
     return files
 
 
-def _read_file(path: str, fields: Fields, txt_split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_file(path: str, fields: RecordReader, txt_split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) pairs; `where` ("a.jsonl line 30") names the record in later errors (`Locations`)."""
     ext = Path(path).suffix.lower()
     if ext in TEXT_EXTS:
@@ -261,8 +218,11 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def load_source(spec: str | Mapping[str, Any], fields: Fields, cache_dir: str | Path) -> LoadedSource:
-    """Load and validate a source; raises DataError on malformed records or an empty result."""
+def load_source(spec: str | Mapping[str, Any], records: Fields | DataFormat, cache_dir: str | Path) -> LoadedSource:
+    """Load and validate a source, keeping what the format `records` reads; raises DataError on malformed records
+    or an empty result."""
+    fmt = as_format(records)
+    key = fmt.source_key()  # part of the fingerprint: the same files read by another format are other data
     spec = normalize_spec(spec)
     kind = spec["kind"]
     if kind == "stories":
@@ -277,30 +237,30 @@ def load_source(spec: str | Mapping[str, Any], fields: Fields, cache_dir: str | 
             raise DataError("data.source.path is not set; pass data.source.path=path/to/train.jsonl")
         files = _resolve_files(str(spec["path"]))
         split = spec.get("txt_split", "paragraph")
-        pairs = [wr for f in files for wr in _read_file(f, fields, split)]
-        records = [r for _, r in pairs]
-        fp = Hasher().update_json([[file_digest(f) for f in files], split, fields.__dict__]).hexdigest()
+        pairs = [wr for f in files for wr in _read_file(f, fmt, split)]
+        recs = [r for _, r in pairs]
+        fp = Hasher().update_json([[file_digest(f) for f in files], split, key]).hexdigest()
         origin = files[0] if len(files) == 1 else f"{spec['path']} ({len(files)} files)"
-        ds = datasets.Dataset.from_list(records) if records else None
+        ds = datasets.Dataset.from_list(recs) if recs else None
         locations = Locations.of(len(pairs), origin, [w for w, _ in pairs])
     elif kind == "records":
         origin = "in-memory records"
-        records = [fields.project(r, f"record {i}") for i, r in enumerate(spec.get("records") or [])]
-        fp = Hasher().update_json([records, fields.__dict__]).hexdigest()
-        ds = datasets.Dataset.from_list(records) if records else None
-        locations = Locations.of(len(records), "record")
+        recs = [fmt.project(r, f"record {i}") for i, r in enumerate(spec.get("records") or [])]
+        fp = Hasher().update_json([recs, key]).hexdigest()
+        ds = datasets.Dataset.from_list(recs) if recs else None
+        locations = Locations.of(len(recs), "record")
     else:  # hf
-        ds, fp, origin = _load_hf(spec, fields)
+        ds, fp, origin = _load_hf(spec, fmt)
         locations = Locations.of(len(ds), f"{origin} row")
     if ds is None or len(ds) == 0:
         raise DataError(
-            f"{origin}: the dataset is empty (no records with the fields {fields.columns}); point data.source at "
+            f"{origin}: the dataset is empty (no records with the fields {fmt.columns}); point data.source at "
             "a non-empty file or dataset"
         )
     return LoadedSource(ds, fp, origin, locations)
 
 
-def _load_hf(spec: dict[str, Any], fields: Fields) -> tuple[datasets.Dataset, str, str]:
+def _load_hf(spec: dict[str, Any], fmt: DataFormat) -> tuple[datasets.Dataset, str, str]:
     name = spec.get("name")
     if not name:
         raise DataError("data.source.kind=hf needs data.source.name (e.g. roneneldan/TinyStories)")
@@ -312,34 +272,26 @@ def _load_hf(spec: dict[str, Any], fields: Fields) -> tuple[datasets.Dataset, st
     if spec.get("max_records"):
         ds = ds.select(range(min(int(spec["max_records"]), len(ds))))
     cols = set(ds.column_names)
-    if fields.format == "pretrain" and fields.text not in cols:
-        raise DataError(
-            f'{origin}: field "{fields.text}" is missing (found columns: {sorted(cols)}); set data.text_field=...'
-        )
-    if fields.format == "sft" and fields.messages not in cols and not {fields.prompt, fields.response} <= cols:
-        raise DataError(
-            f'{origin}: SFT needs a "{fields.messages}" column or "{fields.prompt}"+"{fields.response}" columns '
-            f"(found columns: {sorted(cols)}); set data.messages_field / data.prompt_field / data.response_field"
-        )
-    keep = [c for c in fields.columns if c in cols]
+    fmt.check_columns(cols, origin)
+    keep = [c for c in fmt.columns if c in cols]
     ds = ds.select_columns(keep)
-    fp = Hasher().update_json([ds._fingerprint, fields.__dict__]).hexdigest()
+    fp = Hasher().update_json([ds._fingerprint, fmt.source_key()]).hexdigest()
     # every row validated like a file's records (one DataError naming the row), once: datasets caches the map
-    ds = ds.map(_ValidateRows(fields, origin), batched=True, with_indices=True, remove_columns=keep,
+    ds = ds.map(_ValidateRows(fmt, origin), batched=True, with_indices=True, remove_columns=keep,
                 desc=f"validate {origin}")
     return ds, fp, origin
 
 
 class _ValidateRows:
-    """Picklable batched map: `Fields.project` on every row of a Hugging Face dataset."""
+    """Picklable batched map: the format's `project` on every row of a Hugging Face dataset."""
 
-    def __init__(self, fields: Fields, origin: str) -> None:
-        self.fields, self.origin = fields, origin
+    def __init__(self, fmt: DataFormat, origin: str) -> None:
+        self.fmt, self.origin = fmt, origin
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {c: [] for c in self.fields.columns}
+        out: dict[str, list[Any]] = {c: [] for c in self.fmt.columns}
         for j, i in enumerate(indices):
-            rec = self.fields.project({c: v[j] for c, v in batch.items()}, f"{self.origin} row {i}")
+            rec = self.fmt.project({c: v[j] for c, v in batch.items()}, f"{self.origin} row {i}")
             for c in out:
                 out[c].append(rec.get(c))
         return out

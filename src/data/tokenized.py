@@ -16,7 +16,8 @@ import datasets
 
 from src.data.cache import Hasher
 from src.data.errors import DataError
-from src.data.sources import Fields, Locations, locate
+from src.data.formats.base import Fields
+from src.data.sources import Locations, locate
 from src.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

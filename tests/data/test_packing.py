@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.data.lm_datamodule import stack_items
+from src.data.collate import stack_items
 from src.data.packing import IGNORE_INDEX, PackedDataset, pack_documents
 
 EOS, PAD = 1, 0

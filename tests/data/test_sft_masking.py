@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from src.data.collate import PadCollator as SFTCollator
 from src.data.errors import DataError
+from src.data.formats.sft import SFTDataset, encode_sft
 from src.data.packing import IGNORE_INDEX
-from src.data.sft import SFTCollator, SFTDataset, encode_sft
 from src.data.sources import Fields
 from src.data.tokenizer import SpecialTokens, train_bpe
 
@@ -60,7 +61,7 @@ def test_truncation_keeps_prompt_and_cuts_response_tail(bpe):
 
 
 def test_prompt_too_long_is_an_error_or_dropped(bpe, tmp_path):
-    from src.data.sft import SFTTokenize
+    from src.data.formats.sft import SFTTokenize
 
     rec = {"prompt": "Tom went to the park and the beach.", "response": " Yes."}
     seq_len = len(bpe.encode(rec["prompt"])) - 1

@@ -12,14 +12,15 @@ numerically). Every skill needs records; a record whose skill is not listed is a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from src.data.errors import DataError
-from src.data.sources import _get_str, _read_file, _resolve_files
+from src.data.formats.base import record_keys, require_str
+from src.data.sources import _read_file, _resolve_files
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class SkillFields:
     prompt: str = "prompt"
     response: str = "response"
     skill: str = "skill"
-    format: str = "sft"  # what the shared readers check: .txt files hold no records
+    txt_field: str | None = None  # what the shared readers check (src/data/sources.py): .txt files hold no records
+    record_kind: str = "skills"  # how their errors name these records
 
     @property
     def columns(self) -> list[str]:
@@ -37,9 +39,7 @@ class SkillFields:
 
     def project(self, rec: Any, where: str) -> dict[str, Any]:
         """One record as {prompt, response, skill_name, where}; one DataError naming the fix otherwise."""
-        if not isinstance(rec, Mapping):
-            raise DataError(f"{where}: expected a JSON object per record, got {type(rec).__name__}; fix the record")
-        keys = json.dumps(sorted(str(k) for k in rec))
+        keys = record_keys(rec, where)
         skill = rec.get(self.skill)
         if isinstance(skill, bool) or not isinstance(skill, (str, int)) or str(skill) == "":
             raise DataError(
@@ -47,8 +47,8 @@ class SkillFields:
                 f"{json.dumps(skill)[:40]} (found keys: {keys}); set data.task.skill_field=... or fix the record"
             )
         return {
-            "prompt": _get_str(rec, self.prompt, where, keys, "data.task.prompt_field"),
-            "response": _get_str(rec, self.response, where, keys, "data.task.response_field"),
+            "prompt": require_str(rec, self.prompt, where, keys, "data.task.prompt_field"),
+            "response": require_str(rec, self.response, where, keys, "data.task.response_field"),
             "skill_name": str(skill),
             "where": where,
         }

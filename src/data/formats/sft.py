@@ -1,8 +1,8 @@
-"""Supervised fine-tuning records -> token ids with a per-token target mask, and the padding collator.
+"""`sft`: supervised fine-tuning records -> token ids with a per-token target mask, right-padded batches.
 
-A record is `{prompt, response}` (field names configurable) or `{messages: [{role, content}, ...]}` rendered by
-the tokenizer's chat template. Each piece is tokenized separately (prompt alone, exactly as at inference), so
-the prompt/response boundary is a token boundary.
+A record is `{prompt, response}` (field names: data.prompt_field / data.response_field) or `{messages: [{role,
+content}, ...]}` (data.messages_field) rendered by the tokenizer's chat template. Each piece is tokenized
+separately (prompt alone, exactly as at inference), so the prompt/response boundary is a token boundary.
 
 - prompt/response: `ids = enc(prompt) + enc(response) + [eos]`; targets are the response tokens and the eos.
 - messages: every assistant turn is a target (its rendered text, incl. the template's end-of-turn marker);
@@ -11,18 +11,27 @@ the prompt/response boundary is a token boundary.
 Truncation (a record may have at most `seq_len + 1` tokens, giving `seq_len` input/label pairs): the tail is
 cut, so a long response loses its end (and its eos). A record whose targets all fall beyond `seq_len + 1`
 tokens (the prompt alone fills the row) is an error naming the fix, or dropped with `drop_long_prompts`.
+
+Batches: input_ids, labels, attention_mask, position_ids `[B, L]` long, L <= seq_len the longest record in the
+batch (src/data/collate.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import datasets
 import torch
+from torch.utils.data import Dataset
 
+from src.data.collate import PadCollator
 from src.data.errors import DataError
+from src.data.formats.base import DataFormat, Fields, MapFn, record_keys, require_str
 from src.data.packing import IGNORE_INDEX
-from src.data.sources import Fields, Locations, locate
+from src.data.sources import Locations, locate
+from src.data.tokenized import tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer
 
 _PROBE = "\u2063tokensmith-content\u2063"  # stands in for a first assistant message's content
@@ -137,29 +146,99 @@ class SFTDataset(torch.utils.data.Dataset):
         return {"input_ids": ids[:-1], "labels": labels}
 
 
-class SFTCollator:
-    """Right-pads a list of SFT items to the longest in the batch (`pad_to_multiple_of` optional)."""
+def require_messages(val: Any, field: str, where: str) -> list[dict[str, str]]:
+    """A chat: a non-empty list of {role, content} strings with at least one assistant turn (the targets)."""
+    if not isinstance(val, list) or not val:
+        raise DataError(f'{where}: field "{field}" must be a non-empty list of {{role, content}} messages')
+    out = []
+    for i, m in enumerate(val):
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(
+                f'{where}: {field}[{i}] must be {{"role": str, "content": str}}, got {json.dumps(m)[:80]}; '
+                "fix the record"
+            )
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f'{where}: "{field}" has no assistant message, so there is nothing to train on')
+    return out
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None) -> None:
-        self.pad_id, self.multiple = pad_id, pad_to_multiple_of
 
-    def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        t = max(int(it["input_ids"].shape[0]) for it in items)
-        if self.multiple:
-            t = -(-t // self.multiple) * self.multiple
-        b = len(items)
-        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)  # [B, T]
-        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)  # [B, T]
-        attention_mask = torch.zeros((b, t), dtype=torch.long)  # [B, T]
-        for i, it in enumerate(items):
-            n = int(it["input_ids"].shape[0])
-            input_ids[i, :n] = it["input_ids"]
-            labels[i, :n] = it["labels"]
-            attention_mask[i, :n] = 1
-        position_ids = torch.arange(t).expand(b, t) * attention_mask  # [B, T], 0 on padding
+class SFTFormat(DataFormat):
+    """Prompt-masked fine-tuning records, one per row, right-padded per batch (module docstring)."""
+
+    name = "sft"
+
+    # -- records ---------------------------------------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        f = self.fields
+        return [f.prompt, f.response, f.messages]
+
+    @property
+    def record_kind(self) -> str:
+        return "SFT"
+
+    def project(self, rec: Any, where: str) -> dict[str, Any]:
+        f = self.fields
+        keys = record_keys(rec, where)
+        if rec.get(f.messages) is not None:
+            return {f.prompt: None, f.response: None, f.messages: require_messages(rec[f.messages], f.messages, where)}
+        if f.prompt not in rec and f.response not in rec:
+            raise DataError(
+                f'{where}: SFT record has neither "{f.messages}" nor "{f.prompt}"/"{f.response}" '
+                f"(found keys: {keys}); set data.prompt_field/data.response_field or data.messages_field=..., "
+                "or fix the record"
+            )
         return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids.contiguous(),
+            f.prompt: require_str(rec, f.prompt, where, keys, "data.prompt_field"),
+            f.response: require_str(rec, f.response, where, keys, "data.response_field"),
+            f.messages: None,
         }
+
+    def check_columns(self, columns: set[str], origin: str) -> None:
+        f = self.fields
+        if f.messages not in columns and not {f.prompt, f.response} <= columns:
+            raise DataError(
+                f'{origin}: SFT needs a "{f.messages}" column or "{f.prompt}"+"{f.response}" columns '
+                f"(found columns: {sorted(columns)}); set data.messages_field / data.prompt_field / "
+                "data.response_field"
+            )
+
+    # -- tokenizer and tokenization --------------------------------------------------------------------------------
+    def training_texts(self, ds: datasets.Dataset) -> list[str]:
+        """Prompts and responses, or every message's content."""
+        f = self.fields
+        texts: list[str] = []
+        cols = set(ds.column_names)
+        for rec in ds:
+            if f.messages in cols and rec.get(f.messages):
+                texts += [m["content"] for m in rec[f.messages]]
+            else:
+                texts += [rec[f.prompt], rec[f.response]]
+        return texts
+
+    def tokenize_fn(self, tok: Tokenizer, locations: Locations | None) -> MapFn:
+        s = self.settings
+        return SFTTokenize(tok, self.fields, s.seq_len, s.drop_long_prompts, locations)
+
+    def cache_key(self, split_fingerprint: str, tok: Tokenizer) -> list[Any]:
+        s = self.settings
+        return ["sft-v1", split_fingerprint, tokenizer_fingerprint(tok), self.fields.__dict__, s.seq_len,
+                s.drop_long_prompts]
+
+    # -- dataset ---------------------------------------------------------------------------------------------------
+    def build_dataset(self, tokenized: datasets.Dataset, tok: Tokenizer, train: bool) -> Dataset:
+        return SFTDataset(tokenized)
+
+    def collate_fn(self, tok: Tokenizer) -> Callable[[Any], dict[str, Any]]:
+        return PadCollator(tok.pad_id)
+
+    # -- generation ------------------------------------------------------------------------------------------------
+    def sample_prompt(self, rec: Mapping[str, Any], tok: Tokenizer) -> str:
+        """The prompt, or the chat up to its last assistant turn with the generation prompt."""
+        f = self.fields
+        if rec.get(f.messages):
+            msgs = rec[f.messages]
+            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            return tok.hf.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
+        return rec[f.prompt]

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from src.data.collate import pad_rows
 from src.models.logprobs import batch_logprobs
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,10 @@ def option_logliks(backbone: torch.nn.Module, tok: Any, prompts: Sequence[str], 
     scores = torch.empty(len(rows))
     for s in range(0, len(rows), batch_size):
         chunk = rows[s : s + batch_size]
-        t = max(len(ids) for ids, _ in chunk) - 1
-        inp = torch.full((len(chunk), t), tok.pad_id, dtype=torch.long)  # [B, T]
-        lab = torch.full((len(chunk), t), IGNORE, dtype=torch.long)  # [B, T] pre-shifted
-        att = torch.zeros((len(chunk), t), dtype=torch.long)  # [B, T]
-        for i, (ids, n_prompt) in enumerate(chunk):
-            x = torch.tensor(ids)
-            inp[i, : len(ids) - 1] = x[:-1]
-            att[i, : len(ids) - 1] = 1
-            lab[i, n_prompt - 1 : len(ids) - 1] = x[n_prompt:]  # only the option's tokens are scored
-        batch = {"input_ids": inp.to(device), "labels": lab.to(device), "attention_mask": att.to(device)}
-        logp = batch_logprobs(backbone, batch).logp  # [B, T], 0 where IGNORE
+        # Each row reads ids[:-1]; only the option's tokens are scored (labels pre-shifted, -100 elsewhere).
+        batch = pad_rows([ids[:-1] for ids, _ in chunk],
+                         [[IGNORE] * (n - 1) + ids[n:] for ids, n in chunk], tok.pad_id)  # [B, T] each
+        logp = batch_logprobs(backbone, {k: v.to(device) for k, v in batch.items()}).logp  # [B, T], 0 on IGNORE
         scores[s : s + len(chunk)] = logp.sum(1).float().cpu()
     return scores.view(len(prompts), -1)
 

@@ -119,13 +119,6 @@ def test_config_dict_needs_model_type():
         HFBackbone({"hidden_size": 32})
 
 
-def test_fully_padded_rows_are_finite(hf):
-    x = ids(2, 5)
-    seg = torch.tensor([[0, 0, 0, 0, 0], [1, 1, 2, 0, 0]])
-    assert torch.isfinite(hf(x, (seg > 0).long())).all()
-    assert torch.isfinite(hf(x, (seg > 0).long(), segment_ids=seg)).all()
-
-
 def test_keep_layers_is_the_full_models_first_layers(tmp_path):
     """keep_layers=N must compute exactly what the first N layers of the saved model compute (then the final
     norm), also through the KV-cache path generation uses, and it must refuse an N the model does not have."""

@@ -16,6 +16,7 @@ from src.data.formats.base import DataFormat
 _BUILTIN: dict[str, str] = {
     "pretrain": "src.data.formats.pretrain:PretrainFormat",
     "sft": "src.data.formats.sft:SFTFormat",
+    "preference": "src.data.formats.preference:PreferenceFormat",
 }
 _REGISTERED: dict[str, type[DataFormat]] = {}
 

@@ -146,8 +146,9 @@ class SFTDataset(torch.utils.data.Dataset):
         return {"input_ids": ids[:-1], "labels": labels}
 
 
-def require_messages(val: Any, field: str, where: str) -> list[dict[str, str]]:
-    """A chat: a non-empty list of {role, content} strings with at least one assistant turn (the targets)."""
+def require_messages(val: Any, field: str, where: str, need_assistant: bool = True) -> list[dict[str, str]]:
+    """A chat: a non-empty list of {role, content} strings with at least one assistant turn (the targets) unless
+    `need_assistant` is false (a preference record's prompt)."""
     if not isinstance(val, list) or not val:
         raise DataError(f'{where}: field "{field}" must be a non-empty list of {{role, content}} messages')
     out = []
@@ -158,7 +159,7 @@ def require_messages(val: Any, field: str, where: str) -> list[dict[str, str]]:
                 "fix the record"
             )
         out.append({"role": m["role"], "content": m["content"]})
-    if not any(m["role"] == "assistant" for m in out):
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise DataError(f'{where}: "{field}" has no assistant message, so there is nothing to train on')
     return out
 

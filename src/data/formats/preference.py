@@ -1,0 +1,207 @@
+"""Preference pairs for DPO-family objectives: a prompt with a chosen and a rejected response.
+
+Records (field names: `data.prompt_field`, and `data.format_options.chosen_field` / `rejected_field`):
+- plain text: `{"prompt": str, "chosen": str, "rejected": str}`; each response is followed by the end token;
+- chat: `{"prompt": [messages], "chosen": [assistant messages], "rejected": [assistant messages]}`, rendered with
+  the tokenizer's chat template: the prompt with its generation prompt, each response as the template continues
+  the conversation (its end-of-turn marker included).
+
+Each response is tokenized after the prompt exactly as at inference (prompt alone, then the response), so both
+views share the prompt tokens and the labels are exactly the response tokens (plus the end token): the ids that
+DPO's log-ratios and any token weights (critical-token DPO) refer to.
+
+Batches (docs/contracts.md): `chosen_input_ids`, `chosen_labels` (prompt -100), `chosen_attention_mask`,
+`chosen_position_ids`, and the same under `rejected_`, each view right-padded to its own longest row.
+
+Length policy: a view longer than `seq_len + 1` tokens loses its tail (as SFT rows do); a record whose prompt
+alone leaves no response token is an error naming file and line (`data.drop_long_prompts=true` skips it). An empty
+response is an error naming the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import Dataset
+
+from src.data.collate import pad_items
+from src.data.errors import DataError
+from src.data.formats.base import DataFormat, MapFn, record_keys, require_str
+from src.data.formats.sft import require_messages
+from src.data.packing import IGNORE_INDEX
+from src.data.sources import Locations, locate
+from src.data.tokenized import tokenizer_fingerprint
+from src.data.tokenizer import Tokenizer
+
+VIEWS = ("chosen", "rejected")
+
+
+def _render_chat(tok: Tokenizer, prompt: list[dict[str, str]], response: list[dict[str, str]],
+                 where: str) -> tuple[str, str]:
+    """(prompt text with the generation prompt, the response's text as the template continues it)."""
+    hf = tok.hf
+    if not getattr(hf, "chat_template", None):
+        raise DataError(f"{where}: chat preference records need a tokenizer with a chat template; use plain-text "
+                        "records or a pretrained tokenizer (data.tokenizer.pretrained)")
+    head = hf.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = hf.apply_chat_template([*prompt, *response], tokenize=False)
+    if not full.startswith(head):
+        raise DataError(f"{where}: the chat template does not render the prompt as a prefix of the conversation; "
+                        "use plain-text records")
+    return head, full[len(head):]
+
+
+class PreferenceTokenize:
+    """Picklable batched `datasets.map` function: one record -> the token ids and target masks of both views."""
+
+    def __init__(self, tok: Tokenizer, fields: dict[str, str], seq_len: int, drop_long: bool,
+                 locations: Locations | None = None) -> None:
+        self.tok, self.fields, self.seq_len, self.drop = tok, fields, seq_len, drop_long
+        self.locations = locations
+
+    def _encode(self, rec: Mapping[str, Any], view: str, where: str) -> tuple[list[int], list[int]] | None:
+        prompt, response = rec[self.fields["prompt"]], rec[self.fields[view]]
+        if isinstance(prompt, str):
+            p_ids, r_ids = self.tok.encode(prompt), self.tok.encode(response) + [self.tok.eos_id]
+        else:
+            head, tail = _render_chat(self.tok, prompt, response, where)
+            p_ids, r_ids = self.tok.encode(head), self.tok.encode(tail)
+        ids = (p_ids + r_ids)[: self.seq_len + 1]
+        target = ([0] * len(p_ids) + [1] * len(r_ids))[: self.seq_len + 1]
+        return (ids, target) if any(target[1:]) else None
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[list[int]]]:
+        out: dict[str, list[list[int]]] = {f"{v}_{k}": [] for v in VIEWS for k in ("input_ids", "target_mask")}
+        for j, index in enumerate(indices):
+            rec = {k: batch[k][j] for k in batch}
+            where = locate(self.locations, index)
+            encoded = [self._encode(rec, v, where) for v in VIEWS]
+            if any(e is None for e in encoded):
+                if self.drop:
+                    continue
+                raise DataError(f"{where}: the prompt alone fills data.seq_len={self.seq_len} tokens, leaving no "
+                                "response token to compare; increase data.seq_len, shorten the prompt, or set "
+                                "data.drop_long_prompts=true to skip such records")
+            for v, (ids, target) in zip(VIEWS, encoded):
+                out[f"{v}_input_ids"].append(ids)
+                out[f"{v}_target_mask"].append(target)
+        return out
+
+
+class PreferenceDataset(Dataset):
+    """Items with `chosen_input_ids` / `chosen_labels` (pre-shifted, -100 off-target) and the same for rejected."""
+
+    def __init__(self, ds: datasets.Dataset) -> None:
+        self.ds = ds.with_format(None)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.ds[int(i)]
+        item: dict[str, torch.Tensor] = {}
+        for v in VIEWS:
+            ids = torch.tensor(row[f"{v}_input_ids"], dtype=torch.long)  # [L+1]
+            target = torch.tensor(row[f"{v}_target_mask"], dtype=torch.bool)  # [L+1]
+            labels = ids[1:].clone()  # [L]
+            labels[~target[1:]] = IGNORE_INDEX
+            item[f"{v}_input_ids"], item[f"{v}_labels"] = ids[:-1], labels
+        return item
+
+
+class PairCollator:
+    """Right-pads each view of a list of pairs on its own (src/data/collate.py) and prefixes its keys."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for v in VIEWS:
+            view = [{"input_ids": it[f"{v}_input_ids"], "labels": it[f"{v}_labels"]} for it in items]
+            batch.update({f"{v}_{k}": t for k, t in pad_items(view, self.pad_id).items()})  # [B, T_view]
+        return batch
+
+
+class PreferenceFormat(DataFormat):
+    """Prompt + chosen + rejected records (module docstring)."""
+
+    name = "preference"
+
+    @property
+    def names(self) -> dict[str, str]:
+        opts = self.settings.options
+        return {"prompt": self.fields.prompt, "chosen": str(opts.get("chosen_field", "chosen")),
+                "rejected": str(opts.get("rejected_field", "rejected"))}
+
+    @property
+    def columns(self) -> list[str]:
+        n = self.names
+        return [n["prompt"], n["chosen"], n["rejected"]]
+
+    @property
+    def record_kind(self) -> str:
+        return "preference"
+
+    def project(self, rec: Any, where: str) -> dict[str, Any]:
+        keys = record_keys(rec, where)
+        n = self.names
+        cfg = {"prompt": "data.prompt_field", "chosen": "data.format_options.chosen_field",
+               "rejected": "data.format_options.rejected_field"}
+        for part in ("prompt", *VIEWS):
+            if n[part] not in rec:
+                raise DataError(f'{where}: preference record has no "{n[part]}" (found keys: {keys}); set '
+                                f"{cfg[part]}=... or fix the record")
+        if isinstance(rec[n["prompt"]], list):  # chat
+            out = {n["prompt"]: require_messages(rec[n["prompt"]], n["prompt"], where, need_assistant=False)}
+            for v in VIEWS:
+                msgs = require_messages(rec[n[v]], n[v], where)
+                if not any(m["content"].strip() for m in msgs):
+                    raise DataError(f'{where}: the "{n[v]}" response is empty; remove the record or fix it')
+                out[n[v]] = msgs
+            return out
+        out = {n["prompt"]: require_str(rec, n["prompt"], where, keys, cfg["prompt"])}
+        for v in VIEWS:
+            text = require_str(rec, n[v], where, keys, cfg[v])
+            if not text.strip():
+                raise DataError(f'{where}: the "{n[v]}" response is empty; remove the record or fix it')
+            out[n[v]] = text
+        return out
+
+    def check_columns(self, columns: set[str], origin: str) -> None:
+        if not set(self.columns) <= columns:
+            raise DataError(f"{origin}: preference data needs the columns {self.columns} (found columns: "
+                            f"{sorted(columns)}); set data.prompt_field / data.format_options.chosen_field / "
+                            "rejected_field")
+
+    def training_texts(self, ds: datasets.Dataset) -> list[str]:
+        texts: list[str] = []
+        for rec in ds:
+            for part in self.columns:
+                val = rec[part]
+                texts += [val] if isinstance(val, str) else [m["content"] for m in val]
+        return texts
+
+    def tokenize_fn(self, tok: Tokenizer, locations: Locations | None) -> MapFn:
+        s = self.settings
+        return PreferenceTokenize(tok, self.names, s.seq_len, s.drop_long_prompts, locations)
+
+    def cache_key(self, split_fingerprint: str, tok: Tokenizer) -> list[Any]:
+        s = self.settings
+        return ["preference-v1", split_fingerprint, tokenizer_fingerprint(tok), self.names, s.seq_len,
+                s.drop_long_prompts]
+
+    def build_dataset(self, tokenized: datasets.Dataset, tok: Tokenizer, train: bool) -> Dataset:
+        return PreferenceDataset(tokenized)
+
+    def collate_fn(self, tok: Tokenizer) -> Callable[[Any], dict[str, Any]]:
+        return PairCollator(tok.pad_id)
+
+    def sample_prompt(self, rec: Mapping[str, Any], tok: Tokenizer) -> str:
+        prompt = rec[self.names["prompt"]]
+        if isinstance(prompt, str):
+            return prompt
+        return tok.hf.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

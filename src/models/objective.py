@@ -44,6 +44,10 @@ STEP_OUTPUT_KEY = "step"  # where training_step's StepOutput sits in Lightning's
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+class OptimizerConfigError(ValueError):
+    """The optimizer or scheduler refused its settings (a negative learning rate, betas outside [0, 1), ...)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss was NaN or infinite and `method.nonfinite=stop`: the run ends before that update."""
 
@@ -328,10 +332,18 @@ class Objective(pl.LightningModule):
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        try:
+            optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        except ValueError as err:  # torch validates lr, betas, eps, weight_decay here, before any step
+            raise OptimizerConfigError(f"method.optimizer refused its settings: {err}; fix method.optimizer.lr / "
+                                       "betas / eps / weight_decay") from None
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer)
+        try:
+            scheduler = self.scheduler_factory(optimizer)
+        except ValueError as err:
+            raise OptimizerConfigError(f"method.scheduler refused its settings: {err}; fix method.scheduler.*") \
+                from None
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- exact resume ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks.accumulation import AccumulationAlignment
 from src.runtime.checkpoint_io import AtomicCheckpointIO
+from src.runtime.checkpoints import CheckpointMismatchError, mismatch_message
 from src.runtime.preemption import cluster_plugins, find_preemption_callback
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,12 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
     try:
         # weights_only: a checkpoint (maybe downloaded) is read without unpickling code; ours hold only tensors
         # and plain values (src/models/objective.py stores the RNG states that way).
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        except RuntimeError as err:
+            if ckpt and "Error(s) in loading state_dict" in str(err):
+                raise CheckpointMismatchError(mismatch_message(ckpt, err)) from None
+            raise
     finally:
         if preemption is not None:
             preemption.disarm()  # Lightning's teardown re-installs whatever it found, i.e. our handler

@@ -23,6 +23,20 @@ class CorruptCheckpointError(ValueError):
     pass
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's weights do not fit the model built from this config (another size or vocabulary)."""
+
+
+def mismatch_message(ckpt: str, err: Exception) -> str:
+    """One line from torch's load_state_dict error: the checkpoint, how many tensors differ, the first one."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    details = [ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    first = details[0] if details else lines[-1] if lines else str(err)
+    return (f"checkpoint {ckpt} was written by a different model than this config builds ({len(details) or 1} "
+            f"difference(s); first: {first[:300]}); resume with the model/data settings of the run that wrote it "
+            "(its config_resolved.yaml), or start a new run without ckpt_path")
+
+
 class RunDirTakenError(FileExistsError):
     pass
 

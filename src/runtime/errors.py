@@ -10,10 +10,15 @@ from __future__ import annotations
 from hydra.errors import InstantiationException
 
 from src.data.errors import DataError
-from src.models.objective import NonFiniteLossError
-from src.runtime.checkpoints import CheckpointNotFoundError, CorruptCheckpointError, RunDirTakenError
+from src.models.objective import NonFiniteLossError, OptimizerConfigError
+from src.runtime.checkpoints import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    RunDirTakenError,
+)
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    DataError, CheckpointNotFoundError, CorruptCheckpointError, RunDirTakenError, InstantiationException,
-    NonFiniteLossError,
+    DataError, CheckpointNotFoundError, CorruptCheckpointError, CheckpointMismatchError, RunDirTakenError,
+    InstantiationException, NonFiniteLossError, OptimizerConfigError,
 )

@@ -1,0 +1,106 @@
+"""Bad input, tried as a user would: each case runs `python train.py ...` and must end with one actionable message
+(no traceback), a non-zero exit code, and nothing written before it touched.
+
+docs/robustness.md holds the table of these cases, what the user sees and the exit code; it is written by this
+file: `TOKENSMITH_WRITE_ROBUSTNESS=1 make test-slow PYTEST_ARGS=tests/test_bad_input.py`. Slow (~2 min): CI runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+DOC = ROOT / "docs" / "robustness.md"
+BASE = ["debug=smoke", "callbacks.progress_bar=null", "trainer.accelerator=cpu"]
+
+# (case, overrides with {tmp} for the test's directory, a fragment the message must contain)
+CASES = [
+    ("unknown experiment", ["experiment=nope"], "Available options in 'experiment'"),
+    ("unknown group option", ["model=gpt5"], "Available options in 'model'"),
+    ("unknown key", ["trainer.max_stepz=3"], "Key 'max_stepz' is not in struct"),
+    ("wrong type", ["trainer.max_steps=abc"], "full_key: trainer"),
+    ("negative learning rate", ["method.optimizer.lr=-1"], "Invalid learning rate: -1"),
+    ("batch size < 1", ["data.batch_size=0"], "data.batch_size must be >= 1"),
+    ("DPO beta <= 0", ["data=preference_jsonl", "data.source.path={tmp}/pairs.jsonl", "method=dpo", "method.beta=0"],
+     "beta must be > 0"),
+    ("tokenizer/model vocabulary mismatch", ["model=hf_llama_tiny", "model.vocab_size=100"],
+     "model's vocab size is 100"),
+    ("malformed data row", ["data=jsonl", "data.source.path={tmp}/bad.jsonl"], "bad.jsonl line 2"),
+    ("empty data file", ["data=jsonl", "data.source.path={tmp}/empty.jsonl"], "the dataset is empty"),
+    ("missing data file", ["data=jsonl", "data.source.path={tmp}/missing.jsonl"], "does not exist"),
+    ("empty preference response", ["data=preference_jsonl", "data.source.path={tmp}/empty_response.jsonl",
+                                   "method=dpo"], "response is empty"),
+    ("truncated checkpoint", ["ckpt_path={tmp}/truncated.ckpt"], "is truncated or not a checkpoint"),
+    ("checkpoint from another model", ["model.d_model=64", "ckpt_path={tmp}/trained"],
+     "was written by a different model"),
+]
+
+
+def _prepare(tmp: Path) -> None:
+    (tmp / "bad.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
+    (tmp / "empty.jsonl").write_text("")
+    pair = {"prompt": "p", "chosen": "a b", "rejected": "c d"}
+    (tmp / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for _ in range(20)))
+    (tmp / "empty_response.jsonl").write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "chosen": ""}) + "\n")
+    trained = tmp / "trained"
+    proc = subprocess.run([sys.executable, "train.py", *BASE, "trainer.max_steps=2", f"hydra.run.dir={trained}"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = (trained / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+
+
+def _env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in ("TOKENSMITH_RUN_NAME", "HYDRA_FULL_ERROR")},
+            "OMP_NUM_THREADS": "1"}
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _message(stderr: str, tmp: Path) -> str:
+    """What the user is told: the error line(s), without logging prefixes and warnings, paths made generic."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln
+             and not ln.startswith(("[", "  warnings.", "Seed set"))]
+    text = " ".join(ln.strip() for ln in lines)
+    return re.sub(r"\s+", " ", text.replace(str(tmp), "<tmp>").replace(str(ROOT), "<repo>"))
+
+
+def test_every_bad_input_is_one_message_a_failure_code_and_no_damage(tmp_path: Path) -> None:
+    _prepare(tmp_path)
+    before = _digest(tmp_path)
+    rows = []
+    for i, (case, overrides, fragment) in enumerate(CASES):
+        args = [a.replace("{tmp}", str(tmp_path)) for a in overrides]
+        run = tmp_path / "runs" / f"case{i}"
+        proc = subprocess.run([sys.executable, "train.py", *BASE, *args, f"hydra.run.dir={run}"], cwd=ROOT,
+                              env=_env(), capture_output=True, text=True, timeout=240)
+        message = _message(proc.stderr, tmp_path)
+        assert proc.returncode != 0, f"{case}: exit 0\n{proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr, f"{case}: a traceback\n{proc.stderr[-3000:]}"
+        assert fragment in message, f"{case}: {fragment!r} not in {message!r}"
+        rows.append((case, " ".join(overrides), message, proc.returncode))
+    after = {k: v for k, v in _digest(tmp_path).items() if not k.startswith("runs/")}
+    assert after == before  # no data file, checkpoint or finished run was touched
+    table = ["| input | command (`python train.py debug=smoke ...`) | what the user sees | exit |", "|---|---|---|---|"]
+    table += [f"| {c} | `{o}` | {m.replace('|', '/')[:400]} | {rc} |" for c, o, m, rc in rows]
+    if os.environ.get("TOKENSMITH_WRITE_ROBUSTNESS") == "1":
+        text = DOC.read_text()
+        start, end = text.index("<!-- bad-input table -->"), text.index("<!-- end bad-input table -->")
+        DOC.write_text(text[:start] + "<!-- bad-input table -->\n" + "\n".join(table) + "\n" + text[end:])
+    documented = DOC.read_text()
+    for case, *_ in rows:
+        assert f"| {case} |" in documented, f"docs/robustness.md lacks the case {case!r}: regenerate the table"

@@ -1,4 +1,4 @@
-"""StochasTok: stochastic token splitting (Sims et al., 2025; spec: ../shared/specs/stochastok.md).
+"""StochasTok: stochastic token splitting (Sims et al., 2025; docs/stochastok.md).
 
 During pretraining some tokens are replaced by two smaller vocabulary tokens whose bytes concatenate to the
 original token's bytes. The text is unchanged, only its segmentation varies, so the model gets to "see inside"

@@ -8,6 +8,7 @@ of train.py.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -90,6 +91,14 @@ def step_losses(run_dir: Path, accumulate: int = 1) -> dict[int, float]:
         nll, n = steps.setdefault(step, [0.0, 0.0])
         steps[step] = [nll + sum(r["nll_sum"]), n + sum(r["n_tokens"])]
     return {s: nll / max(n, 1) for s, (nll, n) in sorted(steps.items())}
+
+
+def logged_train_losses(run_dir: Path) -> list[float]:
+    """The run's `train/loss` in step order, as its CSV logger wrote it (csv/metrics.csv: one row per logged
+    micro-batch, under `debug=smoke` every step)."""
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
 def token_counts(run_dir: Path) -> set[int]:

@@ -11,6 +11,11 @@ from src.models.components.transformer import CompactTransformer
 VOCAB = 50
 
 
+def ids(b: int, t: int, seed: int = 1) -> torch.Tensor:
+    """[b, t] random token ids, reproducible by seed."""
+    return torch.randint(0, VOCAB, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
 def tiny_compact(**overrides) -> CompactTransformer:
     kwargs = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
     kwargs.update(overrides)

@@ -1,4 +1,7 @@
-"""CompactTransformer: the Backbone contract and the attention semantics objectives rely on."""
+"""CompactTransformer: what is specific to it (final norm, SDPA fast path, GQA, tying, FLOPs, checkpointing).
+
+The Backbone contract it shares with the HF adapter (shapes, causality, padding, packed rows, KV cache) is in
+test_backbone_contract.py."""
 
 from __future__ import annotations
 
@@ -7,35 +10,22 @@ import torch
 import torch.nn.functional as F
 
 from src.models.components import transformer as transformer_mod
-from tests.models.components.conftest import VOCAB, tiny_compact
+from tests.models.components.conftest import VOCAB, ids, tiny_compact
 
 ATOL = 1e-5
 
 
-def ids(b: int, t: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (b, t), generator=torch.Generator().manual_seed(seed))
-
-
-def test_grouped_query_attention_shapes_and_no_head_bias():
-    """The shared contract is in test_backbone_contract.py; this is the compact transformer's own layout."""
+def test_grouped_query_attention_has_fewer_kv_heads():
     m = tiny_compact(n_kv_heads=2)
-    assert m(ids(3, 7)).shape == (3, 7, 32) and m.output_bias is None
     assert m.layers[0].attn.k_proj.weight.shape == (2 * 8, 32)  # GQA: 2 kv heads of dim 8
+    assert m.layers[0].attn.q_proj.weight.shape == (4 * 8, 32)
+    assert m(ids(3, 7)).shape == (3, 7, 32)
 
 
 def test_final_norm_is_applied():
     h = tiny_compact(norm_eps=1e-12)(ids(2, 5))
     rms = h.pow(2).mean(-1).sqrt()  # RMSNorm weight starts at 1 -> unit RMS per position
     torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-3, rtol=0)
-
-
-def test_left_padding_with_positions_matches_unpadded():
-    m = tiny_compact()
-    x = ids(1, 6)
-    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), x], dim=1)
-    mask = torch.tensor([[0] * 3 + [1] * 6])
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    torch.testing.assert_close(m(padded, mask, pos)[:, 3:], m(x), atol=ATOL, rtol=0)
 
 
 def test_unpadded_batch_takes_sdpa_is_causal_fast_path(monkeypatch):

@@ -31,11 +31,16 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    from src.runtime.catalog import format_catalog, unknown_choice
+
+    conf = Path(__file__).resolve().parent / "conf"
     if "--list" in sys.argv[1:]:  # before Hydra, which would reject the flag
-        from pathlib import Path
-
-        from src.runtime.catalog import format_catalog
-
-        print(format_catalog(Path(__file__).resolve().parent / "conf"))
+        print(format_catalog(conf))
         sys.exit(0)
+    problem = unknown_choice(sys.argv[1:], conf)  # Hydra's own message omits nested experiments
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

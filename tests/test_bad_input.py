@@ -26,8 +26,8 @@ BASE = ["debug=smoke", "callbacks.progress_bar=null", "trainer.accelerator=cpu"]
 
 # (case, overrides with {tmp} for the test's directory, a fragment the message must contain)
 CASES = [
-    ("unknown experiment", ["experiment=nope"], "Available options in 'experiment'"),
-    ("unknown group option", ["model=gpt5"], "Available options in 'model'"),
+    ("unknown experiment", ["experiment=nope"], "skillit/lego, skillit/lego_smollm2, stochastok/addition"),
+    ("unknown group option", ["model=gpt5"], "the options are: hf_llama_tiny, smollm2_135m, tiny"),
     ("unknown key", ["trainer.max_stepz=3"], "Key 'max_stepz' is not in struct"),
     ("wrong type", ["trainer.max_steps=abc"], "full_key: trainer"),
     ("negative learning rate", ["method.optimizer.lr=-1"], "Invalid learning rate: -1"),
@@ -72,10 +72,17 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def _message(stderr: str, tmp: Path) -> str:
-    """What the user is told: the error line(s), without logging prefixes and warnings, paths made generic."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln
-             and not ln.startswith(("[", "  warnings.", "Seed set"))]
-    text = " ".join(ln.strip() for ln in lines)
+    """What the user is told: our `error:` line (Hydra's own message for config errors), without Lightning's info
+    lines, warnings and Hydra's search-path listing; paths made generic."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    ours = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+    if ours:
+        kept = lines[ours[0]:]
+        kept = kept[: next((j for j, ln in enumerate(kept) if ln.startswith("(set HYDRA_FULL_ERROR")), len(kept))]
+    else:
+        noise = ("Config search path", "provider=", "Set the environment variable", "[", "Seed set")
+        kept = [ln for ln in lines if not ln.startswith(noise) and "Warning" not in ln and "warn(" not in ln]
+    text = " ".join(kept)
     return re.sub(r"\s+", " ", text.replace(str(tmp), "<tmp>").replace(str(ROOT), "<repo>"))
 
 

@@ -23,3 +23,13 @@ def test_list_prints_every_option_with_a_description() -> None:
             assert f" {option} " in out
     assert "* stories" in out and "* tiny" in out and "* lm" in out  # train.yaml's defaults are marked
     assert set(catalog(CONF_DIR)) == {g for g in GROUPS if (CONF_DIR / g).is_dir()}
+
+
+def test_an_unknown_group_option_names_every_valid_one() -> None:
+    from src.runtime.catalog import unknown_choice
+
+    message = unknown_choice(["experiment=skillit/legoo", "seed=1"], CONF_DIR)
+    assert message is not None and "experiment=skillit/legoo" in message
+    assert all(name in message for name in EXPERIMENTS)  # nested ones too (Hydra's own message omits them)
+    assert "'model'" in unknown_choice(["model=tiny,gpt5"], CONF_DIR)  # a sweep's bad value
+    assert unknown_choice(["experiment=skillit/lego", "model=tiny", "trainer.max_steps=3", "+x=1"], CONF_DIR) is None

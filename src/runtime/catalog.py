@@ -74,3 +74,19 @@ def format_catalog(conf_dir: Path) -> str:
         parts.append("")
     parts.append("More: `python train.py --cfg job` prints the composed config; docs/ explains each group.")
     return "\n".join(parts)
+
+
+def unknown_choice(argv: list[str], conf_dir: Path) -> str | None:
+    """A message for the first `group=option` override naming an option that does not exist (all options listed,
+    nested experiments included, which Hydra's own message leaves out); None when every choice exists."""
+    options = {g: [name for name, _ in opts] for g, opts in catalog(conf_dir).items()}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+") not in options or "@" in key or value in ("", "null"):
+            continue
+        group = key.lstrip("+")
+        for choice in value.split(","):  # a multirun sweep lists several
+            if choice not in options[group]:
+                return (f"{group}={choice} is not an option of '{group}'; the options are: "
+                        f"{', '.join(options[group])} (python train.py --list describes each)")
+    return None

@@ -39,7 +39,10 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_lost_wandb_service_stops_wandb_logging_without_raising(tmp_path: Path) -> None:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+    # WANDB_SERVICE: set by any in-process W&B use earlier in this pytest worker; inherited, it would make the child
+    # connect to that service instead of starting its own (and this test needs its own to kill).
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

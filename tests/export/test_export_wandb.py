@@ -10,6 +10,7 @@ from src.export.wandb_artifact import log_model_artifact
 def test_offline_run_holds_the_model_artifact(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # W&B sets it in-process; restored (unset) after the test
     run_dir, out = tmp_path / "runs" / "2026-01-01_00-00-00-abc", tmp_path / "hf"
     run_dir.mkdir(parents=True)
     out.mkdir()

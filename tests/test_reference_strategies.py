@@ -2,7 +2,7 @@
 
 `tests.distributed.ReferenceProbeLM` logs `train/ref_gap` = mean(log π − log π_ref) over label tokens: exactly 0 on
 the first step (the reference is a copy of the starting policy), then positive as the policy fits its data while
-the reference stays where it started. DDP and ZeRO-3 take ~30 s and ~70 s on 2 cores: `slow` (`make test-slow`).
+the reference stays where it started. DDP, ZeRO-2 and ZeRO-3 take 25-70 s each on 2 cores: `slow` (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ PROBE = ["method._target_=tests.distributed.ReferenceProbeLM", "+method.referenc
 @pytest.mark.parametrize(("strategy", "param_type", "local_fraction"), [
     pytest.param("ddp", "Parameter", 1.0, marks=pytest.mark.slow),  # replicated, like the policy
     ("fsdp", "DTensor", 0.5),  # FSDP2: each of the 2 ranks holds half of every tensor
+    pytest.param("deepspeed_zero2", "Parameter", 1.0, marks=pytest.mark.slow),  # ZeRO-2: parameters replicated
     pytest.param("deepspeed_zero3", "Parameter", 0.5, marks=pytest.mark.slow),  # ZeRO-3 partitions
 ])
 def test_reference_is_placed_like_the_policy_and_stays_frozen(strategy: str, param_type: str, local_fraction: float,

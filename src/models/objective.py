@@ -21,6 +21,7 @@ never as a dict of magic keys: `RunArtifacts` records the exact step loss of any
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -90,7 +91,7 @@ class StepOutput:
         return out if isinstance(out, StepOutput) else None
 
 
-class Objective(pl.LightningModule):
+class Objective(pl.LightningModule, abc.ABC):
     """Base of every objective. Subclasses implement `compute_loss(batch)`, and `sample_ids` when their model is
     not a causal LM (the default decodes autoregressively).
 
@@ -140,10 +141,10 @@ class Objective(pl.LightningModule):
         self._window_nonfinite: torch.Tensor | None = None  # on the device: no host sync per micro-batch
 
     # ---- what an objective implements ------------------------------------------------------------------
+    @abc.abstractmethod
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """The micro-batch's loss as numerator / denominator (see StepOutput). Used for training and validation;
         `self.training` tells them apart."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def sample_ids(self, prompt_ids: list[list[int]], max_new_tokens: int = 48,

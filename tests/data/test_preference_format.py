@@ -92,3 +92,40 @@ def test_dpo_trains_smollm2_with_lora_against_its_adapter_free_self(tmp_path: Pa
     assert metrics["steps"] == 3 and metrics["train/loss_first"] == pytest.approx(math.log(2), abs=1e-4)
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
     assert "###" in (run_dir / "samples.txt").read_text()  # the DPO policy samples like any causal LM
+
+
+def test_token_weights_follow_the_response_tokens_and_mismatches_name_the_record(tmp_path: Path,
+                                                                                  run_dir: Path) -> None:
+    """Critical-token DPO data: one weight per response token and the end token, under this tokenizer. They land
+    on exactly the label positions of their view; a count that disagrees names the record."""
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, n=40)
+    dm0, _, _ = build_components(cfg_for(pairs, run_dir))
+    tok = dm0.tokenizer
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    for r in rows:  # weight i+1 on the i-th target token of the rejected response
+        r["rejected_weights"] = [float(i + 1) for i in range(len(tok.encode(r["rejected"])) + 1)]
+    weighted = tmp_path / "weighted.jsonl"
+    weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    weights_on = ["+data.format_options.token_weights=true", "data.tokenizer.vocab_size=null",
+                  f"+data.tokenizer.pretrained={_save(tok, tmp_path)}"]  # the same tokenizer, loaded
+    dm, _, _ = build_components(cfg_for(weighted, run_dir, *weights_on))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    for b in range(batch["rejected_labels"].shape[0]):
+        on = batch["rejected_labels"][b] != -100
+        n = int(on.sum())
+        assert batch["rejected_weights"][b][on].tolist() == [float(i + 1) for i in range(n)]
+        assert batch["rejected_weights"][b][~on].abs().sum() == 0
+        assert batch["chosen_weights"][b][batch["chosen_labels"][b] != -100].eq(1).all()  # no chosen weights: 1
+    rows[3]["rejected_weights"] = rows[3]["rejected_weights"][:-1]
+    weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"weighted.jsonl.*line 4.*\"rejected_weights\" has \d+ values but the rej"):
+        dm, _, _ = build_components(cfg_for(weighted, run_dir, *weights_on))
+        dm.prepare_data()
+
+
+def _save(tok, tmp_path: Path) -> Path:  # noqa: ANN001
+    out = tmp_path / "tokenizer"
+    tok.hf.save_pretrained(str(out))
+    return out

@@ -1,0 +1,44 @@
+"""`python train.py experiment=cdpo/arith` end to end at smoke size: every stage writes its artifact, DPO starts
+at its reference (the base), and a rerun skips finished stages and redoes only what is missing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from src.runtime.run import run_training
+from tests.helpers import compose_cfg
+
+STAGES = ["sft", "sample", "select", "positive", "negative", "score", "dpo", "cdpo"]
+
+
+def test_cdpo_recipe_runs_every_stage_and_a_rerun_skips_them(run_dir: Path) -> None:
+    cfg = compose_cfg(["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
+                       "callbacks.run_artifacts.sample_max_new_tokens=0"], run_dir)
+    metrics = run_training(cfg)
+    assert json.loads((run_dir / "recipe.json").read_text())["done"] == STAGES
+    for artifact in ["sft/final.pt", "tokenizer/tokenizer.json", "sample/samples.jsonl", "select/positive.jsonl",
+                     "select/negative.jsonl", "select/pairs.jsonl", "positive/final.pt", "negative/final.pt",
+                     "score/pairs.jsonl", "score/critical_tokens.html", "dpo/final.pt", "cdpo/final.pt"]:
+        assert (run_dir / artifact).is_file(), artifact
+    for stage in ("dpo", "cdpo"):  # the reference is the starting policy: log-ratios 0, loss ln 2
+        assert metrics[f"{stage}/train/loss_first"] == pytest.approx(math.log(2), abs=1e-4)
+    assert {"sft/arith/acc", "positive/arith/acc", "dpo/arith/acc", "cdpo/arith/acc", "score/hit_rate",
+            "select/pairs", "sample/correct"} <= set(metrics)
+    scored = [json.loads(x) for x in (run_dir / "score/pairs.jsonl").read_text().splitlines()]
+    assert all(r["rejected_weights"][-1] == 1.0 for r in scored)
+
+    # a rerun of a finished recipe trains nothing; one whose score and dpo stages were lost redoes exactly those
+    kept = {s: (run_dir / s / "final.pt").stat().st_mtime_ns for s in ("sft", "positive", "negative", "cdpo")}
+    (run_dir / "score/pairs.jsonl").unlink()
+    (run_dir / "dpo/final.pt").unlink()
+    again = run_training(compose_cfg(["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
+                                      "callbacks.run_artifacts.sample_max_new_tokens=0", f"ckpt_path={run_dir}"],
+                                     run_dir.parent / "second"))
+    assert {s: (run_dir / s / "final.pt").stat().st_mtime_ns for s in kept} == kept
+    assert (run_dir / "score/pairs.jsonl").is_file() and (run_dir / "dpo/final.pt").is_file()
+    assert again == metrics
+

@@ -171,7 +171,8 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         seq_len = int(r.preference.data.seq_len)
         scored = score_pairs(pos, neg, tok, pairs, seq_len=seq_len, b=float(sc.b),
                              chosen_weights=bool(sc.chosen_weights), batch_size=int(sc.batch_size))
-        _pictures(tok, scored, grade, score_dir, int(sc.html_examples), int(cfg.seed))
+        rows_html = _pictures(tok, scored, grade, score_dir, int(sc.html_examples), int(cfg.seed))
+        _log_wandb(cfg, score_dir, rows_html)
         atomic_write_lines(scored_file, [json.dumps(x) for x in scored])  # the stage's artifact, last
     analysis = json.loads((score_dir / "analysis.json").read_text())
     metrics.update(_prefixed("score", analysis))
@@ -186,13 +187,19 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_prefixed(name, m))
         finish(name)
 
+    acc = {k: metrics.get(f"{k}/arith/acc") for k in ("sft", "positive", "dpo", "cdpo")}
+    for a, b in (("cdpo", "dpo"), ("cdpo", "sft"), ("dpo", "sft"), ("cdpo", "positive")):  # paired, per seed
+        if acc[a] is not None and acc[b] is not None:
+            metrics[f"gain/{a}_vs_{b}"] = acc[a] - acc[b]
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log.info("cdpo: %s", _summary(metrics))
     return metrics
 
 
-def _pictures(tok: Any, scored: list[dict[str, Any]], grade: Any, out: Path, n_html: int, seed: int) -> None:
-    """score/analysis.json, score/critical_tokens.html, score/lowest_token_vs_first_wrong_step.png."""
+def _pictures(tok: Any, scored: list[dict[str, Any]], grade: Any, out: Path, n_html: int,
+              seed: int) -> list[dict[str, Any]]:
+    """score/analysis.json, score/critical_tokens.html, score/lowest_token_vs_first_wrong_step.png; returns the
+    rows of the HTML picture."""
     from src.plots.critical_tokens import plot_lowest_token_offsets, token_score_html
 
     analysis = first_wrong_step_analysis(tok, scored, grade, seed)
@@ -211,6 +218,38 @@ def _pictures(tok: Any, scored: list[dict[str, Any]], grade: Any, out: Path, n_h
     if offsets:
         plot_lowest_token_offsets(offsets, out / "lowest_token_vs_first_wrong_step.png",
                                   analysis.get("random_rate"))
+    return rows
+
+
+def _log_wandb(cfg: DictConfig, out: Path, rows: list[dict[str, Any]]) -> None:
+    """With `logger=wandb`: one W&B run (job_type cdpo-score) holding the scored solutions as a table (each row's
+    coloured HTML beside its lowest-scored token) and the lowest-token plot. W&B trouble is a warning, never the
+    end of the recipe: the same pictures are in score/."""
+    lg = (cfg.get("logger") or {}).get("wandb")
+    if not lg:
+        return
+    from src.plots.critical_tokens import token_score_html
+
+    try:
+        import wandb
+
+        run = wandb.init(project=lg.get("project"), name=f"{cfg.task_name}-critical-tokens", job_type="cdpo-score",
+                         dir=str(out), mode="offline" if lg.get("offline") else None, reinit="create_new")
+        table = wandb.Table(columns=["prompt", "rejected", "lowest-score token", "lowest score", "first wrong step",
+                                     "scores"])
+        for r in rows:
+            low = min(range(len(r["scores"])), key=r["scores"].__getitem__) if r["scores"] else None
+            text = "".join(r["tokens"])
+            wrong = text[r["wrong_span"][0]:r["wrong_span"][1]] if r["wrong_span"] else ""
+            table.add_data(r["prompt"], text, r["tokens"][low] if low is not None else "",
+                           r["scores"][low] if low is not None else None, wrong, wandb.Html(token_score_html([r])))
+        png = out / "lowest_token_vs_first_wrong_step.png"
+        run.log({"cdpo/critical_tokens": table, **({"cdpo/lowest_token_vs_first_wrong_step": wandb.Image(str(png))}
+                                                    if png.is_file() else {})})
+        run.finish()
+    except Exception as err:  # noqa: BLE001 (W&B is optional here: the files in score/ hold the same)
+        log.warning("cdpo: could not log the critical-token table to W&B (%s: %s); see %s", type(err).__name__, err,
+                    out / "critical_tokens.html")
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -42,3 +42,25 @@ def test_cdpo_recipe_runs_every_stage_and_a_rerun_skips_them(run_dir: Path) -> N
     assert (run_dir / "score/pairs.jsonl").is_file() and (run_dir / "dpo/final.pt").is_file()
     assert again == metrics
 
+
+
+@pytest.mark.slow
+def test_with_wandb_the_scored_solutions_are_a_wandb_table(tmp_path: Path) -> None:
+    """logger=wandb (offline): the score stage logs its table of coloured solutions and the lowest-token plot to a
+    W&B run of its own. In a subprocess: W&B's per-process service must not leak into other tests."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    run = tmp_path / "run"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", "WANDB_DIR", "TOKENSMITH_RUN_NAME")},
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "train.py", "experiment=cdpo/arith", "debug=smoke", "logger=wandb",
+                           "callbacks.progress_bar=null", f"hydra.run.dir={run}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (records,) = list((run / "score" / "wandb").glob("offline-run-*/run-*.wandb"))
+    blob = records.read_bytes()
+    assert b"cdpo/critical_tokens" in blob and b"cdpo/lowest_token_vs_first_wrong_step" in blob

@@ -39,6 +39,7 @@ from src.recipes.sampling import sample_graded
 from src.recipes.stages import build_backbone, load_weights, stage_config, train_stage
 from src.recipes.token_scores import first_wrong_step_analysis, score_pairs, token_spans
 from src.runtime.checkpoints import CheckpointNotFoundError, ensure_fresh_run_dir
+from src.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 STATE = "recipe.json"  # marks a recipe's run dir; lists the finished stages
@@ -83,9 +84,31 @@ def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def check_settings(r: DictConfig) -> None:
+    """Every recipe setting in range before any stage runs (one message naming the key and the fix)."""
+    s, sel, sc = r.sample, r.select, r.score
+    problems = [
+        (int(s.n_questions) >= 1, f"recipe.sample.n_questions={s.n_questions} must be >= 1"),
+        (int(s.k) >= 2, f"recipe.sample.k={s.k} must be >= 2 (pairs need a right and a wrong solution)"),
+        (float(s.temperature) > 0, f"recipe.sample.temperature={s.temperature} must be > 0 (k greedy samples are "
+                                   "k copies of one solution)"),
+        (s.get("top_p") is None or 0 < float(s.top_p) <= 1, f"recipe.sample.top_p={s.get('top_p')} must be in (0, 1]"),
+        (int(s.max_new_tokens) >= 1, f"recipe.sample.max_new_tokens={s.max_new_tokens} must be >= 1"),
+        (int(s.chunk_questions) >= 1, f"recipe.sample.chunk_questions={s.chunk_questions} must be >= 1"),
+        (0 < float(sel.negative_coverage) <= 1, f"recipe.select.negative_coverage={sel.negative_coverage} must be "
+                                                "in (0, 1]"),
+        (int(sel.pairs_per_question) >= 1, f"recipe.select.pairs_per_question={sel.pairs_per_question} must be >= 1"),
+        (float(sc.b) >= 0, f"recipe.score.b={sc.b} must be >= 0 (the contrast strength of s_t)"),
+    ]
+    bad = [msg for ok, msg in problems if not ok]
+    if bad:
+        raise ConfigError("; ".join(bad))
+
+
 def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue) every stage; returns the run's metrics.json content."""
     r = cfg.recipe
+    check_settings(r)
     run_dir = recipe_run_dir(cfg).resolve()
     smoke = SMOKE_TRAINER if cfg.get("smoke") else None
     done: list[str] = json.loads((run_dir / STATE).read_text())["done"] if (run_dir / STATE).is_file() else []

@@ -129,3 +129,26 @@ def _save(tok, tmp_path: Path) -> Path:  # noqa: ANN001
     out = tmp_path / "tokenizer"
     tok.hf.save_pretrained(str(out))
     return out
+
+
+def test_hf_dataset_pairs_train_and_a_bad_row_is_named(tmp_path: Path) -> None:
+    """`data.source.kind=hf` (here `datasets`' parquet builder on a local file, offline) gives the same pair
+    batches as a jsonl file; a row with an empty response is named by its index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from src.data.lm_datamodule import LMDataModule
+
+    rows = [json.loads(line) for line in write_pairs(tmp_path / "p.jsonl", n=30).read_text().splitlines()]
+    cols = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
+    pq.write_table(pa.table(cols), tmp_path / "p.parquet")
+    kw = dict(format="preference", tokenizer={"vocab_size": 300}, seq_len=32, batch_size=4, seed=1,
+              val_fraction=0.2, cache_dir=str(tmp_path / "c"))
+    dm = LMDataModule({"kind": "hf", "name": "parquet", "data_files": str(tmp_path / "p.parquet")}, **kw)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["chosen_input_ids"].shape[0] == 4 and (batch["rejected_labels"] != -100).any()
+    cols["chosen"][7] = "  "
+    pq.write_table(pa.table(cols), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"HF dataset parquet row 7: the \"chosen\" response is empty"):
+        LMDataModule({"kind": "hf", "name": "parquet", "data_files": str(tmp_path / "bad.parquet")}, **kw).setup("fit")

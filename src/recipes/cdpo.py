@@ -192,7 +192,8 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         pos.load_state_dict(load_weights(models["positive"]))
         neg.load_state_dict(load_weights(models["negative"]))
         seq_len = int(r.preference.data.seq_len)
-        scored = score_pairs(pos, neg, tok, pairs, seq_len=seq_len, b=float(sc.b),
+        backbone.load_state_dict(load_weights(base))  # the DPO stages' reference: log-probs computed once here
+        scored = score_pairs(pos, neg, tok, pairs, seq_len=seq_len, b=float(sc.b), reference=backbone,
                              chosen_weights=bool(sc.chosen_weights), batch_size=int(sc.batch_size))
         rows_html = _pictures(tok, scored, grade, score_dir, int(sc.html_examples), int(cfg.seed))
         _log_wandb(cfg, score_dir, rows_html)
@@ -206,6 +207,8 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         c = stage_config(cfg, r.preference, run_dir / name, smoke)
         c.data.source.path, c.data.tokenizer = str(scored_file), tok_cfg
         c.data.format_options.token_weights = weighted
+        # method.reference=precomputed: the base's log-probs from the score stage, no reference model in memory
+        c.data.format_options.ref_logps = c.method.get("reference") == "precomputed"
         _, m = train_stage(c, name, base)
         metrics.update(_prefixed(name, m))
         finish(name)

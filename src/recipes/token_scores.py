@@ -25,21 +25,25 @@ from src.data.collate import pad_rows
 from src.data.formats.preference import VIEWS, PreferenceTokenize
 from src.data.packing import IGNORE_INDEX
 from src.losses.critical_tokens import contrastive_token_scores
-from src.models.logprobs import backbone_hidden
+from src.models.logprobs import backbone_hidden, batch_logprobs
 
 FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 
 
 @torch.no_grad()
 def score_pairs(pos: nn.Module, neg: nn.Module, tok: Any, pairs: Sequence[dict[str, Any]], *, seq_len: int,
-                b: float = 1.0, chosen_weights: bool = False, batch_size: int = 64,
+                b: float = 1.0, chosen_weights: bool = False, batch_size: int = 64, reference: nn.Module | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
-    """The pairs with `rejected_scores` / `rejected_weights` (and `chosen_scores`, optionally `chosen_weights`)."""
+    """The pairs with `rejected_scores` / `rejected_weights` (and `chosen_scores`, optionally `chosen_weights`);
+    with `reference`, also its log-probs `chosen_ref_logp` / `rejected_ref_logp` on the same ids (computed once, so
+    DPO can run with `method.reference=precomputed` and no reference model)."""
     enc = PreferenceTokenize(tok, FIELDS, seq_len, drop_long=False)
     device = pos.output_weight.device
-    was = pos.training, neg.training
+    was = pos.training, neg.training, reference.training if reference is not None else False
     pos.eval()
     neg.eval()
+    if reference is not None:
+        reference.eval()
     out: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(pairs), batch_size), desc="score", unit="batch", disable=not progress):
         chunk = pairs[start:start + batch_size]
@@ -54,11 +58,15 @@ def score_pairs(pos: nn.Module, neg: nn.Module, tok: Any, pairs: Sequence[dict[s
                 backbone_hidden(pos, batch), backbone_hidden(neg, batch), pos.output_weight, neg.output_weight,
                 batch["labels"], b=b, bias_pos=pos.output_bias, bias_neg=neg.output_bias,
             ).cpu()
+            ref = batch_logprobs(reference, batch).logp.float().cpu() if reference is not None else None  # [B, T]
             for i, rec in enumerate(scored):
                 n_full = len(tok.encode(rec[view])) + 1  # the response's tokens and the end token, untruncated
                 row = s[i][batch["labels"][i].cpu() != IGNORE_INDEX].tolist()
                 row += [1.0] * (n_full - len(row))  # tokens cut by seq_len never reach the loss
                 rec[f"{view}_scores"] = row
+                if ref is not None:  # tokens cut by seq_len never reach the loss: 0
+                    lp = ref[i][batch["labels"][i].cpu() != IGNORE_INDEX].tolist()
+                    rec[f"{view}_ref_logp"] = lp + [0.0] * (n_full - len(lp))
                 if view == "rejected":
                     rec["rejected_weights"] = [1.0 - x for x in row[:-1]] + [1.0]  # the end token: weight 1
                 elif chosen_weights:
@@ -66,6 +74,8 @@ def score_pairs(pos: nn.Module, neg: nn.Module, tok: Any, pairs: Sequence[dict[s
         out += scored
     pos.train(was[0])
     neg.train(was[1])
+    if reference is not None:
+        reference.train(was[2])
     return out
 
 

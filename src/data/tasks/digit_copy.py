@@ -1,9 +1,9 @@
 """Copy or reverse a digit string: the tiny length-robustness check for masked-diffusion LMs (docs/mdlm.md).
 
-A record is `{prompt: "copy:4821=", response: "4821"}` or `{prompt: "rev:4821=", response: "1284"}`, the digit
-string 1..max_len long (uniform length, then uniform digits). Answers vary in length, which is what EOS padding
-gets wrong at long canvases; the answer is fully determined by the prompt, so exact match measures only whether
-the sampler keeps the answer whole.
+A record is `{prompt: "c:4821=", response: "4821"}` (copy) or `{prompt: "r:4821=", response: "1284"}` (reverse),
+the digit string 1..max_len long (uniform length, then uniform digits; short prompts keep CPU sampling cheap).
+Answers vary in length, which is what EOS padding gets wrong at long canvases; the answer is fully determined by
+the prompt, so exact match measures only whether the sampler keeps the answer whole.
 
 The tokenizer is byte-level without merges (vocab = 256 bytes + the specials), so one digit is one token and the
 answer length in tokens is the string length. Evaluation problems (`eval_problems`) come from their own seed;
@@ -23,14 +23,14 @@ from src.data.errors import DataError
 from src.data.rainbow import DEFAULT_N_PADS
 from src.data.tokenizer import N_BYTES, SpecialTokens
 
-GENERATOR_VERSION = 1
-OPS = ("copy", "rev")
+GENERATOR_VERSION = 2
+OPS = ("c", "r")  # copy, reverse
 HOLD_OUT_FROM = 3  # eval strings at least this long are excluded from training
 
 
 def problem(op: str, digits: str) -> tuple[str, str]:
     """(prompt, answer) of one problem."""
-    return f"{op}:{digits}=", digits if op == "copy" else digits[::-1]
+    return f"{op}:{digits}=", digits if op == "c" else digits[::-1]
 
 
 def _draw(rng: random.Random, max_len: int) -> tuple[str, str]:
@@ -74,11 +74,12 @@ class CopyTaskDataModule(CanvasDataModule):
 
     def __init__(self, task: dict[str, Any], canvas: int, padding: str = "rainbow", n_pads: int = DEFAULT_N_PADS,
                  cache_dir: str = ".cache", **kwargs: Any) -> None:
-        self.task = {"max_len": canvas // 2, **dict(task or {})}
+        self.task = {k: v for k, v in dict(task or {}).items() if v is not None}
+        self.task.setdefault("max_len", canvas // 2)
         self.task.pop("kind", None)
         path = ensure_copy_files(cache_dir, **self.task)
         kwargs.pop("tokenizer", None)
-        kwargs.setdefault("sample_prompts", [problem("copy", "31415")[0], problem("rev", "2718")[0]])
+        kwargs.setdefault("sample_prompts", [problem("c", "31415")[0], problem("r", "2718")[0]])
         super().__init__(source={"kind": "file", "path": str(path)}, canvas=canvas, padding=padding, n_pads=n_pads,
                          tokenizer={"vocab_size": byte_vocab_size(n_pads)}, cache_dir=cache_dir, **kwargs)
 

@@ -2,10 +2,11 @@
 
 An `LMDataModule` with `data.format=canvas` (src/data/formats/canvas.py) whose options are plain data keys:
 `data.canvas` (response canvas = generation length, tokens), `data.padding` (`eos` | `rainbow`) and `data.n_pads`
-(K rainbow pad tokens, 7 by default). It also makes sure the tokenizer has what the method needs: a [MASK] token
-and K reserved pad tokens `<|pad_0|>`... (a trained BPE gets them as specials; a pretrained tokenizer gains them
-when absent, and the model's embedding must then be resized). The pads are reserved whatever `data.padding` says,
-so an `eos` and a `rainbow` run share one tokenizer and one model size.
+(K rainbow pad tokens, 7 by default); `data.train_canvases` (a list of sizes >= canvas) trains on one of them per
+batch, e.g. every generation length used at inference. It also makes sure the tokenizer has what the method
+needs: a [MASK] token and K reserved pad tokens `<|pad_0|>`... (a trained BPE gets them as specials; a
+pretrained tokenizer gains them when absent, and the model's embedding must then be resized). The pads are
+reserved whatever `data.padding` says, so an `eos` and a `rainbow` run share one tokenizer and one model size.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ class CanvasDataModule(LMDataModule):
     """Masked-diffusion SFT data: batches of `prompt + canvas` rows (src/data/rainbow.py)."""
 
     def __init__(self, source: Any, canvas: int, padding: str = "rainbow", n_pads: int = DEFAULT_N_PADS,
-                 tokenizer: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+                 tokenizer: Mapping[str, Any] | None = None, train_canvases: list[int] | None = None,
+                 **kwargs: Any) -> None:
         kwargs.pop("format", None)
         kwargs.pop("format_options", None)
         self.canvas, self.padding, self.n_pads = int(canvas), str(padding), int(n_pads)
         super().__init__(source=source, format="canvas", tokenizer=canvas_tokenizer_cfg(tokenizer, n_pads),
-                         format_options={"canvas": self.canvas, "padding": self.padding, "n_pads": self.n_pads},
+                         format_options={"canvas": self.canvas, "padding": self.padding, "n_pads": self.n_pads,
+                                         "train_canvases": list(train_canvases or [])},
                          **kwargs)

@@ -24,6 +24,7 @@ job (src/losses/mdlm.py), so its RNG is checkpointed with the model.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -75,30 +76,51 @@ def fill_canvas(answer: Sequence[int], canvas: int, end_id: int, pad_ids: Sequen
     raise AssertionError("unreachable")
 
 
+def batch_canvas(items: Sequence[Mapping[str, torch.Tensor]], canvases: Sequence[int]) -> int:
+    """One canvas size for a batch, picked from `canvases` by a hash of the batch's token ids: varied across
+    batches, yet the same batch always gets the same canvas (no RNG state, so resume and DataLoader workers cannot
+    change it)."""
+    if len(canvases) == 1:
+        return int(canvases[0])
+    h = 0
+    for it in items:
+        h = zlib.crc32(it["prompt_ids"].numpy().tobytes(), h)
+        h = zlib.crc32(it["answer_ids"].numpy().tobytes(), h)
+    return int(canvases[h % len(canvases)])
+
+
 class CanvasCollator:
     """Items `{prompt_ids [P], answer_ids [A]}` -> a batch of `prompt + canvas` rows (module docstring).
 
-    Picklable (DataLoader workers receive it). Keys: input_ids, labels, attention_mask, position_ids `[B, T]` long,
-    T = longest prompt + canvas.
+    `canvases` (optional): several canvas sizes, one picked per batch by `batch_canvas` (training on every
+    generation length that will be used at inference); each must be >= `canvas`, the size answers are checked
+    against. Picklable (DataLoader workers receive it). Keys: input_ids, labels, attention_mask, position_ids
+    `[B, T]` long, T = longest prompt + the batch's canvas.
     """
 
     def __init__(self, canvas: int, end_id: int, pad_ids: Sequence[int], padding: str, batch_pad_id: int,
-                 mask_id: int | None = None) -> None:
+                 mask_id: int | None = None, canvases: Sequence[int] | None = None) -> None:
         if canvas < 2:
             raise DataError(f"data.canvas must be >= 2 (an answer token and the end token), got {canvas}")
         check_padding(padding, end_id, pad_ids, mask_id)
         self.canvas, self.end_id, self.pad_ids = int(canvas), int(end_id), [int(p) for p in pad_ids]
         self.padding, self.batch_pad_id = padding, int(batch_pad_id)
+        self.canvases = [int(c) for c in canvases] if canvases else [self.canvas]
+        if min(self.canvases) < self.canvas:
+            raise DataError(f"data.train_canvases={self.canvases} holds a canvas smaller than data.canvas="
+                            f"{self.canvas}; every training canvas must be >= data.canvas")
 
-    def row(self, prompt: Sequence[int], answer: Sequence[int]) -> tuple[list[int], list[int]]:
+    def row(self, prompt: Sequence[int], answer: Sequence[int], canvas: int | None = None
+            ) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one example."""
-        canvas = fill_canvas(answer, self.canvas, self.end_id, self.pad_ids, self.padding)
-        return [*prompt, *canvas], [IGNORE_INDEX] * len(prompt) + canvas
+        filled = fill_canvas(answer, canvas or self.canvas, self.end_id, self.pad_ids, self.padding)
+        return [*prompt, *filled], [IGNORE_INDEX] * len(prompt) + filled
 
     def __call__(self, items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        canvas = batch_canvas(items, self.canvases)
         rows = []
         for it in items:
-            ids, labels = self.row(it["prompt_ids"].tolist(), it["answer_ids"].tolist())
+            ids, labels = self.row(it["prompt_ids"].tolist(), it["answer_ids"].tolist(), canvas)
             rows.append({"input_ids": torch.tensor(ids, dtype=torch.long),
                          "labels": torch.tensor(labels, dtype=torch.long)})
         return pad_items(rows, self.batch_pad_id)

@@ -113,3 +113,21 @@ def test_copy_task_canvas_too_small_for_its_answers(tmp_path: Path) -> None:
     dm = CopyTaskDataModule(task={"n_train": 50, "max_len": 8}, canvas=6, cache_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"data.canvas=6; raise data.canvas to at least"):
         dm.prepare_data()
+
+
+def test_train_canvases_pick_one_canvas_per_batch_deterministically() -> None:
+    coll = CanvasCollator(4, END, PADS, "rainbow", BATCH_PAD, MASK, canvases=[4, 8, 16])
+    g = torch.Generator().manual_seed(0)
+    sizes = []
+    for _ in range(30):
+        items = [{"prompt_ids": torch.randint(10, 99, (3,), generator=g),
+                  "answer_ids": torch.randint(10, 99, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g)}
+                 for _ in range(4)]
+        batch = coll(items)
+        canvas = (batch["labels"] != -100).sum(1)
+        assert (canvas == canvas[0]).all() and (batch["input_ids"] == END).sum(1).eq(1).all()
+        assert torch.equal(coll(items)["input_ids"], batch["input_ids"])  # the same batch, the same canvas
+        sizes.append(int(canvas[0]))
+    assert set(sizes) == {4, 8, 16}
+    with pytest.raises(DataError, match="smaller than data.canvas=8"):
+        CanvasCollator(8, END, PADS, "rainbow", BATCH_PAD, canvases=[4, 8])

@@ -3,7 +3,8 @@
 Records are `{prompt, response}` (data.prompt_field / data.response_field), as for `sft`. Prompt and response are
 tokenized separately (the prompt exactly as at inference); the response is laid out on a canvas of
 `format_options.canvas` tokens at collation, padded as `format_options.padding` says (`eos` or `rainbow` with
-`format_options.n_pads` cycling pad tokens). A response that does not fit the canvas with its end token is one
+`format_options.n_pads` cycling pad tokens; `format_options.train_canvases`, a list of sizes >= canvas, picks one
+of them per batch instead). A response that does not fit the canvas with its end token is one
 DataError naming the record, the canvas size and the fix, at tokenization (before any training step).
 
 Batches: input_ids, labels (clean canvas tokens, NOT shifted; -100 on the prompt), attention_mask, position_ids
@@ -31,10 +32,10 @@ from src.data.tokenizer import Tokenizer
 
 def canvas_options(options: Mapping[str, Any]) -> tuple[int, str, int]:
     """(canvas, padding, n_pads) from data.format_options, with one DataError for a missing or bad value."""
-    unknown = set(options) - {"canvas", "padding", "n_pads"}
+    unknown = set(options) - {"canvas", "padding", "n_pads", "train_canvases"}
     if unknown:
         raise DataError(f"unknown data.format_options {sorted(unknown)} for data.format=canvas; known: canvas, "
-                        "padding, n_pads")
+                        "padding, n_pads, train_canvases")
     if "canvas" not in options:
         raise DataError("data.format=canvas needs data.format_options.canvas (the response canvas = generation "
                         "length, in tokens)")
@@ -100,6 +101,7 @@ class CanvasFormat(SFTFormat):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.canvas, self.padding, self.n_pads = canvas_options(settings.options)
+        self.train_canvases = [int(c) for c in settings.options.get("train_canvases") or []]
 
     @property
     def record_kind(self) -> str:
@@ -121,4 +123,5 @@ class CanvasFormat(SFTFormat):
             raise DataError(f"data.padding=rainbow with data.n_pads={self.n_pads} needs as many reserved pad tokens, "
                             f"but the tokenizer has {len(tok.reserved_pad_ids)}; set data.tokenizer.n_reserved_pads"
                             f">={self.n_pads} (CanvasDataModule does this)")
-        return CanvasCollator(self.canvas, tok.eos_id, pads, self.padding, tok.pad_id, tok.mask_id)
+        return CanvasCollator(self.canvas, tok.eos_id, pads, self.padding, tok.pad_id, tok.mask_id,
+                              canvases=self.train_canvases or None)

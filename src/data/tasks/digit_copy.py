@@ -73,7 +73,7 @@ class CopyTaskDataModule(CanvasDataModule):
     default, so the longest answer leaves room for its end token and padding)."""
 
     def __init__(self, task: dict[str, Any], canvas: int, padding: str = "rainbow", n_pads: int = DEFAULT_N_PADS,
-                 cache_dir: str = ".cache", **kwargs: Any) -> None:
+                 cache_dir: str = ".cache", train_canvases: list[int] | None = None, **kwargs: Any) -> None:
         self.task = {k: v for k, v in dict(task or {}).items() if v is not None}
         self.task.setdefault("max_len", canvas // 2)
         self.task.pop("kind", None)
@@ -81,7 +81,8 @@ class CopyTaskDataModule(CanvasDataModule):
         kwargs.pop("tokenizer", None)
         kwargs.setdefault("sample_prompts", [problem("c", "31415")[0], problem("r", "2718")[0]])
         super().__init__(source={"kind": "file", "path": str(path)}, canvas=canvas, padding=padding, n_pads=n_pads,
-                         tokenizer={"vocab_size": byte_vocab_size(n_pads)}, cache_dir=cache_dir, **kwargs)
+                         tokenizer={"vocab_size": byte_vocab_size(n_pads)}, cache_dir=cache_dir,
+                         train_canvases=train_canvases, **kwargs)
 
     def eval_problems(self, n_eval: int | None = None) -> list[tuple[str, str]]:
         """The held-out problems of this task (length-robustness evaluation)."""

@@ -83,4 +83,4 @@ class LengthRobustnessEval(_TaskEval):
             plot_length_robustness([m * self.canvas for m in ms], [r[f"eval/len@{m}x"] for m in ms],
                                    [r[f"eval/exact@{m}x"] for m in ms], [r[f"eval/early_end@{m}x"] for m in ms],
                                    r["eval/target_len"], self._out / "length_eval.png",
-                                   title=f"trained at canvas {self.canvas}")
+                                   title=f"canvas C = {self.canvas} ({type(pl_module).__name__})")

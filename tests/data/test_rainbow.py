@@ -87,6 +87,7 @@ def test_collator_keeps_one_end_token_for_the_longest_answer_and_labels_the_canv
 
 def test_copy_task_problems() -> None:
     assert problem("c", "123") == ("c:123=", "123") and problem("r", "123") == ("r:123=", "321")
+    assert problem("f", "4821") == ("f:4821=", "8") and problem("f", "123") == ("f:123=", "")
     probs = eval_problems(50, 8, seed=0)
     assert probs == eval_problems(50, 8, seed=0) and {len(a) for _, a in probs} <= set(range(1, 9))
 

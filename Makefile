@@ -14,7 +14,7 @@ PIP_C := $(if $(CONSTRAINTS),-c $(if $(GPU),$(GPU_CONSTRAINTS),$(CONSTRAINTS)),)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install train test test-all test-slow lint format bench clean-venv
+.PHONY: install train test test-all test-slow test-heavy lint format bench clean-venv
 
 # scripts/install.sh: venv, then torch alone (pinned by the constraints file, it resolves to the local CPU wheel
 # instead of the newest CUDA build, +3 GB of nvidia-* wheels), then the project. pip's output goes to
@@ -37,6 +37,14 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The multi-process checks kept out of `make test` (marker `heavy`, ~5 min on 2 cores); CI runs them.
+test-heavy: install
+	$(BIN)/python -m pytest -n 2 -q -m heavy $(PYTEST_ARGS)
+
+# Everything that runs without a GPU or a SLURM cluster.
+test-all: install
+	$(BIN)/python -m pytest -n 2 -q -m "not gpu and not slurm" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

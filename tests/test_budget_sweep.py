@@ -47,6 +47,7 @@ def _sweep(tmp_path: Path, budget: int, max_steps: int) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.heavy  # multi-minute on 2 cores: CI runs it (.ci/run), make test-heavy too
 def test_budget_stops_a_job_into_its_checkpoint_and_the_same_command_continues_it(tmp_path: Path) -> None:
     run = tmp_path / "sweep" / "job"
     first = _sweep(tmp_path, budget=45, max_steps=1_000_000)  # cannot finish: stopped at the budget

@@ -15,7 +15,9 @@ def test_every_experiment_is_collected() -> None:
     assert "quickstart" in EXPERIMENTS
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# the SmolLM2 experiment loads the 135M model (~30 s): CI runs it with the heavy tests
+@pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.heavy) if e.endswith("_smollm2") else e
+                                        for e in EXPERIMENTS])
 def test_experiment_instantiates(experiment: str, run_dir: Path) -> None:
     cfg = compose_cfg([f"experiment={experiment}", "debug=smoke"], run_dir)
     OmegaConf.resolve(cfg)  # every interpolation resolves

@@ -144,7 +144,8 @@ def test_fsdp2_matches_ddp(ddp: Path, tmp_path: Path, corpus: Path) -> None:
     assert "###" in (run / "samples.txt").read_text()
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("deepspeed_zero2", marks=pytest.mark.heavy),
+                                      pytest.param("deepspeed_zero3", marks=pytest.mark.heavy), "fsdp"])
 def test_resume_matches_uninterrupted_run(strategy: str, ddp: Path, tmp_path: Path, corpus: Path) -> None:
     """Stop after 3 of 6 steps, resume with ckpt_path=last: steps 4-6 and the final weights are the
     uninterrupted DDP run's (for ZeRO this also restores the sharded optimizer state: Adam's moments matter)."""

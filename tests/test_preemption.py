@@ -116,6 +116,7 @@ def test_wandb_run_id_is_kept_with_the_checkpoints(tmp_path: Path) -> None:
     assert pin_wandb_run_id(compose_cfg([], tmp_path / "d"), tmp_path / "d", None) is None  # no W&B logger
 
 
+@pytest.mark.heavy  # multi-minute on 2 cores: CI runs it (.ci/run), make test-heavy too
 def test_sharded_fsdp_run_is_preempted_into_its_checkpoint_and_resumes(tmp_path: Path) -> None:
     """2-process FSDP2 run, SIGTERM to every process (what SLURM does to a job step): all ranks save one sharded
     (DCP) last.ckpt at the next step boundary and exit 143; the same command in the same run dir resumes it."""

@@ -127,6 +127,7 @@ def _convert_cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.heavy  # multi-minute on 2 cores: CI runs it (.ci/run), make test-heavy too
 def test_zero3_checkpoint_resumes_and_converts_with_one_command(tmp_path: Path) -> None:
     """A sharded ZeRO-3 checkpoint: `ckpt_path=<run dir>` resumes it, and the CLI writes a file whose state_dict
     holds every full-size weight (DeepSpeed's own shards hold 0-element placeholders)."""

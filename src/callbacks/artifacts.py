@@ -33,6 +33,7 @@ class RunArtifacts(Callback):
         self._seen_step = 0
         self._micro: list[float] = []  # this optimizer step's micro-batch losses
         self._worked = False  # did this fit train or validate at all?
+        self._trained = False  # did this fit run a training step?
 
     # ---- state travels with checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -52,7 +53,7 @@ class RunArtifacts(Callback):
     # ---- recording -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
-        self._worked = False
+        self._worked = self._trained = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seen_step = trainer.global_step  # a resumed run continues after its restored history
@@ -66,7 +67,7 @@ class RunArtifacts(Callback):
         # The step's loss is Σ numerator / Σ denominator over its micro-batches and ranks (for the causal LM: the
         # exact token mean), whatever the batch split and the module's loss normalisation (the returned `loss` is
         # scaled for the backward).
-        self._worked = True
+        self._worked = self._trained = True
         self._micro.append((float(out.numerator), float(out.denominator)))
         if trainer.global_step == self._seen_step:
             return  # still inside an accumulation window
@@ -87,6 +88,19 @@ class RunArtifacts(Callback):
             self._worked = True
             self.val_history.append((trainer.global_step, float(val)))
 
+    def final_validation_missing(self, trainer: pl.Trainer) -> bool:
+        """True for a run resumed at its last step whose validation there never finished (killed during the final
+        validation, after the final checkpoint): nothing trained in this fit, a validation was due at this step
+        and the newest recorded one is older. The runtime then validates once more (src/runtime/build.py)."""
+        if self._trained or not trainer.max_steps or trainer.global_step < trainer.max_steps:
+            return False
+        if not trainer.limit_val_batches or (self.val_history and self.val_history[-1][0] >= trainer.global_step):
+            return False
+        every = trainer.val_check_batch
+        if not isinstance(every, int):
+            return True  # a fraction of an epoch: Lightning validates at the end of training
+        return trainer.global_step * trainer.accumulate_grad_batches % every == 0
+
     # ---- writing -------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out = Path(trainer.default_root_dir)
@@ -95,6 +109,11 @@ class RunArtifacts(Callback):
             # to its second stage): nothing happened, and the checkpoint predates the last validation, so a
             # rewrite would replace the run's final numbers with older ones. Keep what the run wrote.
             return
+        self.write(trainer, pl_module)
+
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """metrics.json, samples.txt and loss_curve.png from what was recorded (and restored)."""
+        out = Path(trainer.default_root_dir)
         samples = self._samples(trainer, pl_module)  # every rank runs the model (sharded strategies need it)
         if trainer.global_rank != 0:
             return

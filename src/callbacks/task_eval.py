@@ -1,4 +1,4 @@
-"""Task evaluation callbacks for the StochasTok tasks: MCQ accuracy and exact-match addition.
+"""Task evaluation callbacks: MCQ accuracy, exact-match addition, multi-step arithmetic accuracy.
 
 Both run at the end of training (and, with `every_validation: true`, after each validation), log through the
 trainer's loggers and expose `summary_metrics()`, which `RunArtifacts` merges into metrics.json.
@@ -9,6 +9,8 @@ trainer's loggers and expose `summary_metrics()`, which `RunArtifacts` merges in
   reversed sum, never digits of the prompt (the reference evaluator's flaw). The question is given twice:
   tokenized as in training, and character by character (one token per character, a segmentation the
   deterministic model never saw).
+- `ArithEval`: greedy solutions of held-out multi-step sums (src/data/tasks/arith.py), graded by their final
+  answer; accuracy overall and per number of operands, and the share of well-formed solutions.
 """
 
 from __future__ import annotations
@@ -170,4 +172,33 @@ class AdditionEval(_TaskEval):
                           ("acc_char_tok", [char_tokenize(tok, q) for q in qs])):
             got = greedy_answers(module, tok, ids, self.max_new_tokens)
             res[name] = sum(g.strip() == a for g, a in zip(got, answers)) / len(answers)
+        return res
+
+
+class ArithEval(_TaskEval):
+    """Greedy accuracy of the final answer on the held-out multi-step arithmetic questions (the ones
+    `ensure_arith_files` keeps out of every training file), per skill, plus the share of well-formed solutions."""
+
+    prefix = "arith"
+
+    def __init__(self, n_eval: int = 300, seed: int = 0, operands: Sequence[int] = (2, 4),
+                 digits: Sequence[int] = (1, 2), max_new_tokens: int = 40, every_validation: bool = False,
+                 limit: int | None = None) -> None:
+        super().__init__(every_validation)
+        from src.data.tasks.arith import eval_problems
+
+        self.problems = eval_problems(n_eval, seed, tuple(operands), tuple(digits))[:limit]
+        self.max_new_tokens = max_new_tokens
+
+    def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
+        from src.data.tasks.arith import grade
+
+        got = greedy_answers(module, tok, [tok.encode(p.question) for p in self.problems], self.max_new_tokens)
+        grades = [grade(p, g) for p, g in zip(self.problems, got)]
+        by_skill: dict[int, list[bool]] = defaultdict(list)
+        for p, g in zip(self.problems, grades):
+            by_skill[p.skill].append(g.correct)
+        res = {f"acc_skill{k}": sum(v) / len(v) for k, v in sorted(by_skill.items())}
+        res["acc"] = sum(g.correct for g in grades) / len(grades)
+        res["well_formed"] = sum(g.well_formed for g in grades) / len(grades)
         return res

@@ -54,7 +54,7 @@ def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Pa
     ckpt = str(own) if resumed and is_checkpoint(own) else None
     if ckpt is None:
         ensure_fresh_run_dir(ft_cfg.paths.output_dir)
-        module.backbone.load_state_dict(pretrained.backbone.state_dict())
+        module.load_backbone_weights(pretrained.backbone.state_dict())
     log.info("fine-tuning stage -> %s", ft_cfg.paths.output_dir)
     fit(trainer, module, datamodule, ckpt)
     pre_file, ft_file = output_dir / "metrics.json", Path(ft_cfg.paths.output_dir) / "metrics.json"

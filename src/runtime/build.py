@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks.accumulation import AccumulationAlignment
+from src.callbacks.artifacts import RunArtifacts
 from src.runtime.checkpoint_io import AtomicCheckpointIO
 from src.runtime.checkpoints import CheckpointMismatchError, mismatch_message
 from src.runtime.preemption import cluster_plugins, find_preemption_callback
@@ -106,6 +107,13 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
             if ckpt and "Error(s) in loading state_dict" in str(err):
                 raise CheckpointMismatchError(mismatch_message(ckpt, err)) from None
             raise
+        artifacts = next((c for c in trainer.callbacks if isinstance(c, RunArtifacts)), None)
+        if ckpt and artifacts is not None and artifacts.final_validation_missing(trainer):
+            # killed during the final validation, after the final checkpoint: the resumed fit had nothing to do, so
+            # validate here and rewrite metrics.json, or it would report the previous validation's loss
+            log.info("the run stopped during its final validation: validating step %d again", trainer.global_step)
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            artifacts.write(trainer, module)
     finally:
         if preemption is not None:
             preemption.disarm()  # Lightning's teardown re-installs whatever it found, i.e. our handler

@@ -80,7 +80,7 @@ def test_brute_force_and_approximate_estimators() -> None:
                                [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.25]], atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["approximate", "brute"])
+@pytest.mark.parametrize("method", ["approximate", pytest.param("brute", marks=pytest.mark.heavy)])
 def test_learn_skills_graph_script_writes_a_usable_graph(tmp_path, method) -> None:
     """The estimator script end to end (tiny model, 3 probe steps): a k x k graph the Skill-It callback accepts,
     the gains it was decided from, and the heatmap."""

@@ -1,9 +1,10 @@
-"""`TaskDataModule`: an `LMDataModule` over a generated StochasTok task (language games, addition).
+"""`TaskDataModule`: an `LMDataModule` over a generated task (language games, addition, multi-step arithmetic).
 
-`task: {kind: langgame | addition, ...generator args}` picks the generator; `stage: pretrain | finetune` picks
-its pretraining text (packed, StochasTok-able) or its prompt/response fine-tuning questions (SFT, always
-deterministic). The BPE is trained on the task's pretraining text in both stages, so a pretrain run and the
-fine-tuning run that continues it share one tokenizer (same content hash, same cached file).
+`task: {kind: langgame | addition | arith, ...generator args}` picks the generator; `stage` picks one of its files:
+`pretrain` (packed text, StochasTok-able) or its prompt/response fine-tuning questions (`finetune` for the
+StochasTok tasks, `sft` for arith; SFT, always deterministic). The BPE is trained on the task's pretraining text
+in every stage, so a pretrain run and the fine-tuning run that continues it share one tokenizer (same content
+hash, same cached file).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def task_files(task: Mapping[str, Any], cache_dir: str | Path) -> dict[str, Path
         from src.data.tasks.addition import ensure_addition_files
 
         return ensure_addition_files(cache_dir, **spec)
-    raise DataError(f"data.task.kind must be 'langgame' or 'addition', got {kind!r}")
+    if kind == "arith":
+        from src.data.tasks.arith import ensure_arith_files
+
+        return ensure_arith_files(cache_dir, **spec)
+    raise DataError(f"data.task.kind must be 'langgame', 'addition' or 'arith', got {kind!r}")
 
 
 class TaskDataModule(LMDataModule):
@@ -53,6 +58,10 @@ class TaskDataModule(LMDataModule):
     def sample_prompts(self) -> list[str]:
         if self._sample_prompts:
             return list(self._sample_prompts)
+        if self.task.get("kind") == "arith":
+            from src.data.tasks.arith import arith_prompts
+
+            return arith_prompts()
         if self.task.get("kind") == "addition":
             from src.data.tasks.addition import addition_prompts
 

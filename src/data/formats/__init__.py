@@ -1,6 +1,7 @@
 """Data formats as plug-ins: `data.format` names a `DataFormat` (base.py) found through the registry.
 
-Built-in: `pretrain` (packed rows, pretrain.py) and `sft` (prompt-masked, right-padded, sft.py). The format
+Built-in: `pretrain` (packed rows, pretrain.py), `sft` (prompt-masked, right-padded, sft.py), `preference`
+(pairs, preference.py) and `canvas` (fixed response canvases for masked diffusion, canvas.py). The format
 modules themselves are imported on first use (registry.py), not here, so that this package imports no format.
 """
 

@@ -17,6 +17,7 @@ _BUILTIN: dict[str, str] = {
     "pretrain": "src.data.formats.pretrain:PretrainFormat",
     "sft": "src.data.formats.sft:SFTFormat",
     "preference": "src.data.formats.preference:PreferenceFormat",
+    "canvas": "src.data.formats.canvas:CanvasFormat",
 }
 _REGISTERED: dict[str, type[DataFormat]] = {}
 

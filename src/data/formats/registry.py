@@ -17,6 +17,7 @@ _BUILTIN: dict[str, str] = {
     "pretrain": "src.data.formats.pretrain:PretrainFormat",
     "sft": "src.data.formats.sft:SFTFormat",
     "preference": "src.data.formats.preference:PreferenceFormat",
+    "prompt": "src.data.formats.prompt:PromptFormat",
 }
 _REGISTERED: dict[str, type[DataFormat]] = {}
 

@@ -92,8 +92,8 @@ def main() -> None:
     model = CompactTransformer(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
                                n_heads=args.heads, max_seq_len=hi + args.new + 1).to(args.device).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"# rollout bench {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}"
-          f", torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    when = dt.datetime.now(dt.timezone.utc)
+    print(f"# rollout bench {when:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print(f"# CompactTransformer d={args.d_model} layers={args.layers} vocab={args.vocab} ({n_params / 1e6:.1f}M "
           f"params), prompts {lo}-{hi} tokens left-padded, {args.new} new tokens, temperature 1\n")
     print("| rows | KV cache tok/s | no cache tok/s | speed-up |")
@@ -101,12 +101,12 @@ def main() -> None:
     for rows in (int(r) for r in args.rows.split(",")):
         ids, mask = prompts(rows, args.vocab, lo, hi, args.device)
 
-        def cached() -> torch.Tensor:
+        def cached(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> torch.Tensor:
             g = torch.Generator(device=args.device).manual_seed(1)
             return generate(model, ids, mask, max_new_tokens=args.new, temperature=1.0, pad_token_id=0,
                             generator=g)
 
-        def uncached() -> torch.Tensor:
+        def uncached(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> torch.Tensor:
             g = torch.Generator(device=args.device).manual_seed(1)
             return generate_uncached(model, ids, mask, max_new_tokens=args.new, temperature=1.0, generator=g)
 

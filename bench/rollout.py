@@ -93,7 +93,8 @@ def main() -> None:
                                n_heads=args.heads, max_seq_len=hi + args.new + 1).to(args.device).eval()
     n_params = sum(p.numel() for p in model.parameters())
     when = dt.datetime.now(dt.timezone.utc)
-    print(f"# rollout bench {when:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    print(f"# rollout bench {when:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print(f"# CompactTransformer d={args.d_model} layers={args.layers} vocab={args.vocab} ({n_params / 1e6:.1f}M "
           f"params), prompts {lo}-{hi} tokens left-padded, {args.new} new tokens, temperature 1\n")
     print("| rows | KV cache tok/s | no cache tok/s | speed-up |")

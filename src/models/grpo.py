@@ -140,6 +140,11 @@ class GRPOModule(Objective):
         super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
                          compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
         self.automatic_optimization = False
+        # The reward is an object built from reward= (its config is in the run's config): not a hyper-parameter, and
+        # checkpoints (read with weights_only) must not pickle it.
+        self.hparams.pop("reward", None)
+        getattr(self, "_hparams_initial", {}).pop("reward", None)
+        self.hparams["downsample"] = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ds.items()}
         self.reward_fn = reward
         self.g, self.max_new_tokens = int(num_generations), int(max_new_tokens)
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), top_k

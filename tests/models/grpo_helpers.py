@@ -86,3 +86,10 @@ class FixedRolloutGRPO(GRPOModule):
                  for row, keep in zip(new.tolist(), new_mask.tolist())]
         meta = {k: [x for x in val for _ in range(repeat)] for k, val in batch.items() if isinstance(val, list)}
         return rollout_batch(ids, mask, new, new_mask, tok.pad_id), texts, meta
+
+
+class LengthReward:
+    """Characters in the completion / 10: differs within groups of fixed rollouts (tests only)."""
+
+    def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> list[float]:
+        return [len(c) / 10 for c in completions]

@@ -329,6 +329,17 @@ class GRPOModule(Objective):
         return keep & valid, out.view_as(mask) & mask
 
     # ---- the loss of a fixed rollout batch -----------------------------------------------------------------------
+    def denominator(self, loss_mask: Tensor) -> Tensor:
+        """The normaliser's denominator for a micro-batch's loss mask [n, T] (src/losses/grpo.py), counting only
+        rows that keep a token: a row with an empty mask (a micro-batch padded so that every DDP rank runs as many
+        backwards, or a rank with nothing kept) adds no sequence and no micro-batch to the mean."""
+        has = loss_mask.bool().any(-1)  # [n]
+        if self.loss_type in ("grpo", "dr_grpo"):
+            return has.sum().float()
+        if self.loss_type == "bnpo":
+            return has.any().float()
+        return loss_mask.bool().sum().float()
+
     def compute_loss(self, batch: dict[str, Tensor]) -> StepOutput:
         """The GRPO loss of one (micro-)batch of fixed rollouts as numerator / denominator (src/losses/grpo.py).
 
@@ -344,7 +355,8 @@ class GRPOModule(Objective):
             kl = k3_kl(out.logp, batch["ref_logp"])  # [n, T]
             per_token = per_token + self.beta * kl
             metrics["kl"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
-        num, den = normalise(per_token, mask, self.loss_type, self.max_new_tokens)
+        num, _ = normalise(per_token, mask, self.loss_type, self.max_new_tokens)
+        den = self.denominator(mask)
         with torch.no_grad():
             ratio = torch.exp(out.logp.detach() - batch["old_logp"])
             a = batch["advantages"][:, None]
@@ -414,8 +426,7 @@ class GRPOModule(Objective):
         fixed, stats = self.make_generation_batch(batch)
         parts = self._micro_batches(fixed)
         # The denominator of the whole generation batch, all micro-batches and ranks, known before any backward.
-        local_den = sum(normalise(torch.zeros(p["loss_mask"].shape, device=self.device), p["loss_mask"],
-                                  self.loss_type, self.max_new_tokens)[1].double() for p in parts)
+        local_den = sum(self.denominator(p["loss_mask"]).double() for p in parts)
         total_den = float(_all_reduce_sum(torch.as_tensor(local_den, device=self.device).clone()))
         world = int(self.trainer.world_size)
         opt = self.optimizers()

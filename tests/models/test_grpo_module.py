@@ -119,3 +119,17 @@ def test_grpo_learns_a_trivial_reward() -> None:
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert start < 0.2 and end > start + 0.3, rewards
     assert module.max_grad_norm == 1.0  # the trainer's clipping was taken over, not refused
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_an_empty_padding_row_changes_no_normaliser(loss_type: str) -> None:
+    """DDP pads a rank's micro-batches with empty-mask rows: they add nothing to numerator or denominator."""
+    module = FixedRolloutGRPO(tiny_module().backbone, tokenizer=TOK, reward=share_of_a, num_generations=4,
+                              max_new_tokens=8, optimizer=torch.optim.SGD, loss_type=loss_type)
+    fixed, _ = module.make_generation_batch(prompt_batch(TOK, ["ab", "c"]))
+    out = module.compute_loss(fixed)
+    padded = {k: torch.cat([v, v[:1]]) for k, v in fixed.items()}
+    padded["loss_mask"][-1] = False
+    out_padded = module.compute_loss(padded)
+    assert float(out_padded.denominator) == float(out.denominator) > 0
+    torch.testing.assert_close(out_padded.numerator.detach(), out.numerator.detach())

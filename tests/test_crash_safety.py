@@ -93,3 +93,44 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_metrics(tmp_path: 
             assert checkpoint_problem(ckpt) is None, f"trial {i} ({where}): {ckpt.name} is incomplete"
         got = _finish(run)
         assert {k: got[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}, f"trial {i}: {where}"
+
+
+RECIPE = ["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
+          "callbacks.run_artifacts.sample_max_new_tokens=0", "+callbacks.pace._target_=tests.distributed.Pace"]
+
+
+def _recipe(run: Path, extra: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *RECIPE, *extra, f"hydra.run.dir={run}"], cwd=ROOT,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _comparable(metrics: dict) -> dict:
+    """Everything but timings and throughput."""
+    return {k: v for k, v in metrics.items() if "wall_time" not in k and "tokens_per_s" not in k}
+
+
+def test_a_killed_recipe_rerun_skips_finished_stages_and_continues_the_interrupted_one(tmp_path: Path) -> None:
+    """cDPO's recipe (experiment=cdpo/arith at smoke size) SIGKILLed inside its `positive` stage, then rerun with
+    ckpt_path=<run dir>: the stages before are not redone and the final metrics equal an uninterrupted run's."""
+    proc = _recipe(tmp_path / "uninterrupted", [])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    reference = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
+
+    run = tmp_path / "killed"
+    proc = _recipe(run, [])
+    deadline = time.time() + 240
+    while _phase(run / "positive")[1] < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the recipe ended before its positive stage reached step 3"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "positive" / "final.pt").exists() and (run / "positive" / "checkpoints" / "last.ckpt").exists()
+    before = {s: (run / s / "final.pt").stat().st_mtime_ns for s in ("sft",)}
+    samples = (run / "sample" / "samples.jsonl").stat().st_mtime_ns
+    proc = _recipe(tmp_path / "rerun", [f"ckpt_path={run}"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert {s: (run / s / "final.pt").stat().st_mtime_ns for s in before} == before  # not retrained
+    assert (run / "sample" / "samples.jsonl").stat().st_mtime_ns == samples  # not resampled
+    assert _comparable(json.loads((run / "metrics.json").read_text())) == _comparable(reference)

@@ -47,3 +47,23 @@ def test_lost_wandb_service_stops_wandb_logging_without_raising(tmp_path: Path) 
                           text=True, timeout=180)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
     assert "W&B service connection lost" in proc.stderr
+
+
+def test_an_unreachable_wandb_server_means_offline_logging_and_one_warning(tmp_path: Path, monkeypatch,
+                                                                           caplog) -> None:  # noqa: ANN001
+    """No network: the logger does not wait for W&B's retries to fail the run; it logs offline and says so once."""
+    import logging
+
+    from src.runtime.wandb_logger import WandbLogger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    with caplog.at_level(logging.WARNING, logger="src.runtime.wandb_logger"):
+        logger = WandbLogger(project="p", save_dir=str(tmp_path), offline=False)
+    assert logger._offline is True
+    (warning,) = [r for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert "127.0.0.1:9" in warning.getMessage() and "wandb sync" in warning.getMessage()
+    monkeypatch.setenv("WANDB_MODE", "offline")  # already offline: no probe, no warning
+    caplog.clear()
+    assert WandbLogger(project="p", save_dir=str(tmp_path))._offline is False
+    assert not caplog.records

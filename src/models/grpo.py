@@ -166,7 +166,6 @@ class GRPOModule(Objective):
         self.backprop_tokens = 0  # completion tokens that entered the loss, × ppo_epochs, all ranks
         self.generation_batches = 0
         self.train_seconds = 0.0
-        self._restored = False
         self.val_reward_sum, self.val_count = SumMetric(), SumMetric()
 
     # ---- set-up --------------------------------------------------------------------------------------------
@@ -195,10 +194,6 @@ class GRPOModule(Objective):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._normaliser = None  # the generation batch is normalised here, not by the step normaliser
-        if self.reference is not None and self.reference.frozen is not None and not self._restored:
-            # The reference is the policy the run starts from: a two-stage recipe loads the stage-1 weights into
-            # the backbone after this module was built, so the copy is refreshed here (a resumed run keeps its own).
-            self.reference.frozen.load_state_dict(self.backbone.state_dict())
 
     def sampler(self) -> torch.Generator:
         """The rollout sampling generator: seeded from the run's seed and the rank, restored from checkpoints."""
@@ -524,7 +519,6 @@ class GRPOModule(Objective):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._restored = True
         saved = checkpoint.get(SAMPLER_KEY)
         if saved is None:
             log.warning("this checkpoint has no GRPO sampler state: rollouts after this resume differ from an "

@@ -319,6 +319,14 @@ class Objective(pl.LightningModule, abc.ABC):
             for ref in self.reference_models():
                 shard(ref)
 
+    def load_backbone_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start training from `state` (a recipe stage's starting point, a fine-tune's pretrained weights): the
+        policy loads it, and so does every frozen reference copy, which was taken when the objective was built
+        (from the initialisation) and must be "the starting policy" (src/models/reference.py)."""
+        self.backbone.load_state_dict(state)
+        for ref in self.reference_models():
+            ref.load_state_dict(state)
+
     def reference_models(self) -> list[nn.Module]:
         """Frozen models this objective holds besides the backbone (a `ReferenceModel` in `copy` mode,
         src/models/reference.py), to be sharded like the policy."""

@@ -48,6 +48,9 @@ def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
         if new_target and isinstance(base.get(key), dict) and base[key].get("_target_") != new_target:
             base[key] = None
     merged = OmegaConf.merge(OmegaConf.create(base), {k: ft[k] for k in ft})
+    if cfg.get("smoke"):  # debug=smoke: the second stage is as short as the first
+        merged.trainer.max_steps = cfg.trainer.max_steps
+        merged.trainer.val_check_interval = cfg.trainer.val_check_interval
     merged.paths.output_dir = str(output_dir / FINETUNE_DIR)
     return merged
 
@@ -62,7 +65,7 @@ def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Pa
     ckpt = str(own) if resumed and is_checkpoint(own) else None
     if ckpt is None:
         ensure_fresh_run_dir(ft_cfg.paths.output_dir)
-        module.backbone.load_state_dict(pretrained.backbone.state_dict())
+        module.load_backbone_weights(pretrained.backbone.state_dict())
     log.info("fine-tuning stage -> %s", ft_cfg.paths.output_dir)
     fit(trainer, module, datamodule, ckpt)
     pre_file, ft_file = output_dir / "metrics.json", Path(ft_cfg.paths.output_dir) / "metrics.json"

@@ -18,7 +18,12 @@ from src.runtime.checkpoints import (
     RunDirTakenError,
 )
 
+
+class ConfigError(ValueError):
+    """A config value out of range, found where it is used (e.g. a recipe's settings); the message names the key."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     DataError, CheckpointNotFoundError, CorruptCheckpointError, CheckpointMismatchError, RunDirTakenError,
-    InstantiationException, NonFiniteLossError, OptimizerConfigError,
+    InstantiationException, NonFiniteLossError, OptimizerConfigError, ConfigError,
 )

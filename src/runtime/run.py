@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from src.recipes.finetune import FINETUNE_DIR, run_finetune
+from src.recipes.registry import run_recipe
 from src.runtime.build import build_components, fit, write_run_metadata
 from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path
 from src.runtime.environment import configure_environment
@@ -27,6 +28,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     configure_environment(cfg.paths.cache_dir, output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("recipe"):  # a multi-stage recipe owns its run dir and stages (src/recipes/)
+        return run_recipe(cfg)
     ckpt = resolve_ckpt_path(
         cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
     ) or auto_resume_ckpt(output_dir, also=[FINETUNE_DIR] if cfg.get("finetune") else [])  # preempted / requeued

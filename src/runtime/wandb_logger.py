@@ -11,14 +11,22 @@ This logger turns a lost service into one warning: W&B calls stop for the rest o
 other loggers (CSV) go on. A requeued or resumed attempt starts a fresh service and continues the same W&B run
 (src/runtime/wandb_resume.py); only the metrics logged after the loss are missing from W&B (they are in the CSV).
 Errors that are not about the connection (a bad metric value, a wrong key) still raise.
+
+No network at start (a laptop on a train, a compute node without egress): W&B would retry for minutes and then
+fail the run. The logger first tries a TCP connection to the W&B server (`WANDB_BASE_URL`, default
+api.wandb.ai:443, 3 s); when it cannot be reached it logs offline into the run dir instead and says so in one
+warning line (`wandb sync <dir>` uploads the run later).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
@@ -49,6 +57,20 @@ def _unless_service_lost(method: F) -> F:
     return guarded  # type: ignore[return-value]
 
 
+def wandb_server() -> tuple[str, int]:
+    """(host, port) of the W&B server this process would talk to."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 class WandbLogger(_LightningWandbLogger):
     """`lightning.pytorch.loggers.WandbLogger` whose logging calls survive a dead W&B service (module docstring).
 
@@ -56,6 +78,13 @@ class WandbLogger(_LightningWandbLogger):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        offline = bool(kwargs.get("offline")) or os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled")
+        if not offline:
+            server = wandb_server()
+            if not reachable(*server):
+                log.warning("W&B: cannot reach %s:%s (no network?); logging offline into the run dir instead — "
+                            "upload it later with `wandb sync <run dir>/wandb/offline-run-*`", *server)
+                kwargs["offline"] = True
         super().__init__(*args, **kwargs)
         self.service_lost: BaseException | None = None
 

@@ -92,3 +92,63 @@ def test_dpo_trains_smollm2_with_lora_against_its_adapter_free_self(tmp_path: Pa
     assert metrics["steps"] == 3 and metrics["train/loss_first"] == pytest.approx(math.log(2), abs=1e-4)
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
     assert "###" in (run_dir / "samples.txt").read_text()  # the DPO policy samples like any causal LM
+
+
+def test_token_weights_follow_the_response_tokens_and_mismatches_name_the_record(tmp_path: Path,
+                                                                                  run_dir: Path) -> None:
+    """Critical-token DPO data: one weight per response token and the end token, under this tokenizer. They land
+    on exactly the label positions of their view; a count that disagrees names the record."""
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, n=40)
+    dm0, _, _ = build_components(cfg_for(pairs, run_dir))
+    tok = dm0.tokenizer
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    for r in rows:  # weight i+1 on the i-th target token of the rejected response
+        r["rejected_weights"] = [float(i + 1) for i in range(len(tok.encode(r["rejected"])) + 1)]
+    weighted = tmp_path / "weighted.jsonl"
+    weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    weights_on = ["+data.format_options.token_weights=true", "data.tokenizer.vocab_size=null",
+                  f"+data.tokenizer.pretrained={_save(tok, tmp_path)}"]  # the same tokenizer, loaded
+    dm, _, _ = build_components(cfg_for(weighted, run_dir, *weights_on))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    for b in range(batch["rejected_labels"].shape[0]):
+        on = batch["rejected_labels"][b] != -100
+        n = int(on.sum())
+        assert batch["rejected_weights"][b][on].tolist() == [float(i + 1) for i in range(n)]
+        assert batch["rejected_weights"][b][~on].abs().sum() == 0
+        assert batch["chosen_weights"][b][batch["chosen_labels"][b] != -100].eq(1).all()  # no chosen weights: 1
+    rows[3]["rejected_weights"] = rows[3]["rejected_weights"][:-1]
+    weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"weighted.jsonl.*line 4.*\"rejected_weights\" has \d+ values but the rej"):
+        dm, _, _ = build_components(cfg_for(weighted, run_dir, *weights_on))
+        dm.prepare_data()
+
+
+def _save(tok, tmp_path: Path) -> Path:  # noqa: ANN001
+    out = tmp_path / "tokenizer"
+    tok.hf.save_pretrained(str(out))
+    return out
+
+
+def test_hf_dataset_pairs_train_and_a_bad_row_is_named(tmp_path: Path) -> None:
+    """`data.source.kind=hf` (here `datasets`' parquet builder on a local file, offline) gives the same pair
+    batches as a jsonl file; a row with an empty response is named by its index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from src.data.lm_datamodule import LMDataModule
+
+    rows = [json.loads(line) for line in write_pairs(tmp_path / "p.jsonl", n=30).read_text().splitlines()]
+    cols = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
+    pq.write_table(pa.table(cols), tmp_path / "p.parquet")
+    kw = dict(format="preference", tokenizer={"vocab_size": 300}, seq_len=32, batch_size=4, seed=1,
+              val_fraction=0.2, cache_dir=str(tmp_path / "c"))
+    dm = LMDataModule({"kind": "hf", "name": "parquet", "data_files": str(tmp_path / "p.parquet")}, **kw)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["chosen_input_ids"].shape[0] == 4 and (batch["rejected_labels"] != -100).any()
+    cols["chosen"][7] = "  "
+    pq.write_table(pa.table(cols), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"HF dataset parquet row 7: the \"chosen\" response is empty"):
+        LMDataModule({"kind": "hf", "name": "parquet", "data_files": str(tmp_path / "bad.parquet")}, **kw).setup("fit")

@@ -13,6 +13,16 @@ DPO's log-ratios and any token weights (critical-token DPO) refer to.
 Batches (docs/contracts.md): `chosen_input_ids`, `chosen_labels` (prompt -100), `chosen_attention_mask`,
 `chosen_position_ids`, and the same under `rejected_`, each view right-padded to its own longest row.
 
+Token weights (critical-token DPO): with `data.format_options.token_weights=true` a record also carries
+`rejected_weights` (and optionally `chosen_weights`; field names `format_options.rejected_weights_field` /
+`chosen_weights_field`): one number per target token of that view, i.e. per response token plus the end token,
+under THIS tokenizer. A length that disagrees is an error naming the record (the weights were computed with another
+tokenizer or another text); batches then carry `chosen_weights` / `rejected_weights` [B, T] (0 off-target, 1 for a
+view without weights). `src/recipes/cdpo.py` writes such records from the very token ids this format produces.
+Reference log-probs, likewise: with `format_options.ref_logps=true` both views carry `chosen_ref_logp` /
+`rejected_ref_logp` (log π_ref per target token), batches carry them [B, T], and `method.reference=precomputed`
+reads them instead of running a reference model (the cDPO recipe computes them once from its base policy).
+
 Length policy: a view longer than `seq_len + 1` tokens loses its tail (as SFT rows do); a record whose prompt
 alone leaves no response token is an error naming file and line (`data.drop_long_prompts=true` skips it). An empty
 response is an error naming the record.
@@ -20,6 +30,7 @@ response is an error naming the record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,9 +69,24 @@ class PreferenceTokenize:
     """Picklable batched `datasets.map` function: one record -> the token ids and target masks of both views."""
 
     def __init__(self, tok: Tokenizer, fields: dict[str, str], seq_len: int, drop_long: bool,
-                 locations: Locations | None = None) -> None:
+                 locations: Locations | None = None, per_token: tuple[str, ...] = ()) -> None:
         self.tok, self.fields, self.seq_len, self.drop = tok, fields, seq_len, drop_long
         self.locations = locations
+        self.per_token = per_token  # record columns with one number per target token: "weights", "ref_logp"
+
+    def _per_token(self, rec: Mapping[str, Any], key: str, view: str, n_prompt: int, n_response: int,
+                   where: str) -> list[float]:
+        """The view's per-token values of `key` aligned to its ids (0 on the prompt), untruncated; absent weights
+        are 1."""
+        field = self.fields[f"{view}_{key}"]
+        w = rec.get(field)
+        if w is None:
+            return [0.0] * n_prompt + [1.0] * n_response
+        if len(w) != n_response:
+            raise DataError(f'{where}: "{field}" has {len(w)} values but the {view} response is {n_response} tokens '
+                            "(its tokens and the end token) under this tokenizer; compute them with the same "
+                            "tokenizer and text (data.tokenizer)")
+        return [0.0] * n_prompt + [float(x) for x in w]
 
     def _encode(self, rec: Mapping[str, Any], view: str, where: str) -> tuple[list[int], list[int]] | None:
         prompt, response = rec[self.fields["prompt"]], rec[self.fields[view]]
@@ -71,10 +97,15 @@ class PreferenceTokenize:
             p_ids, r_ids = self.tok.encode(head), self.tok.encode(tail)
         ids = (p_ids + r_ids)[: self.seq_len + 1]
         target = ([0] * len(p_ids) + [1] * len(r_ids))[: self.seq_len + 1]
-        return (ids, target) if any(target[1:]) else None
+        if not any(target[1:]):
+            return None
+        extra = [self._per_token(rec, k, view, len(p_ids), len(r_ids), where)[: self.seq_len + 1]
+                 for k in self.per_token]
+        return ids, target, *extra
 
-    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[list[int]]]:
-        out: dict[str, list[list[int]]] = {f"{v}_{k}": [] for v in VIEWS for k in ("input_ids", "target_mask")}
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[list[Any]]]:
+        keys = ("input_ids", "target_mask", *self.per_token)
+        out: dict[str, list[list[Any]]] = {f"{v}_{k}": [] for v in VIEWS for k in keys}
         for j, index in enumerate(indices):
             rec = {k: batch[k][j] for k in batch}
             where = locate(self.locations, index)
@@ -85,9 +116,9 @@ class PreferenceTokenize:
                 raise DataError(f"{where}: the prompt alone fills data.seq_len={self.seq_len} tokens, leaving no "
                                 "response token to compare; increase data.seq_len, shorten the prompt, or set "
                                 "data.drop_long_prompts=true to skip such records")
-            for v, (ids, target) in zip(VIEWS, encoded):
-                out[f"{v}_input_ids"].append(ids)
-                out[f"{v}_target_mask"].append(target)
+            for v, enc in zip(VIEWS, encoded):
+                for k, col in zip(keys, enc):
+                    out[f"{v}_{k}"].append(col)
         return out
 
 
@@ -109,6 +140,9 @@ class PreferenceDataset(Dataset):
             labels = ids[1:].clone()  # [L]
             labels[~target[1:]] = IGNORE_INDEX
             item[f"{v}_input_ids"], item[f"{v}_labels"] = ids[:-1], labels
+            for key in ("weights", "ref_logp"):  # aligned to ids; label t's value is that of token t + 1
+                if f"{v}_{key}" in row:
+                    item[f"{v}_{key}"] = torch.tensor(row[f"{v}_{key}"], dtype=torch.float32)[1:]  # [L]
         return item
 
 
@@ -121,7 +155,8 @@ class PairCollator:
     def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         for v in VIEWS:
-            view = [{"input_ids": it[f"{v}_input_ids"], "labels": it[f"{v}_labels"]} for it in items]
+            keys = ("input_ids", "labels", *(k for k in ("weights", "ref_logp") if f"{v}_{k}" in items[0]))
+            view = [{k: it[f"{v}_{k}"] for k in keys} for it in items]
             batch.update({f"{v}_{k}": t for k, t in pad_items(view, self.pad_id).items()})  # [B, T_view]
         return batch
 
@@ -135,12 +170,27 @@ class PreferenceFormat(DataFormat):
     def names(self) -> dict[str, str]:
         opts = self.settings.options
         return {"prompt": self.fields.prompt, "chosen": str(opts.get("chosen_field", "chosen")),
-                "rejected": str(opts.get("rejected_field", "rejected"))}
+                "rejected": str(opts.get("rejected_field", "rejected")),
+                "chosen_weights": str(opts.get("chosen_weights_field", "chosen_weights")),
+                "rejected_weights": str(opts.get("rejected_weights_field", "rejected_weights")),
+                "chosen_ref_logp": str(opts.get("chosen_ref_logp_field", "chosen_ref_logp")),
+                "rejected_ref_logp": str(opts.get("rejected_ref_logp_field", "rejected_ref_logp"))}
+
+    @property
+    def token_weights(self) -> bool:
+        return bool(self.settings.options.get("token_weights", False))
+
+    @property
+    def per_token(self) -> tuple[str, ...]:
+        """The per-token record columns this run reads: token weights and/or reference log-probs."""
+        on = {"weights": self.token_weights, "ref_logp": bool(self.settings.options.get("ref_logps", False))}
+        return tuple(k for k, v in on.items() if v)
 
     @property
     def columns(self) -> list[str]:
         n = self.names
-        return [n["prompt"], n["chosen"], n["rejected"]]
+        extra = [n[f"{v}_{k}"] for k in self.per_token for v in VIEWS]
+        return [n["prompt"], n["chosen"], n["rejected"], *extra]
 
     @property
     def record_kind(self) -> str:
@@ -169,6 +219,25 @@ class PreferenceFormat(DataFormat):
             if not text.strip():
                 raise DataError(f'{where}: the "{n[v]}" response is empty; remove the record or fix it')
             out[n[v]] = text
+        for key in self.per_token:
+            out.update(self._project_per_token(rec, key, where, keys))
+        return out
+
+    def _project_per_token(self, rec: Any, key: str, where: str, keys: str) -> dict[str, Any]:
+        """A record's per-token lists of `key`, checked to be finite numbers. Weights: rejected required, chosen
+        optional (1); reference log-probs: both required."""
+        n, out = self.names, {}
+        option = {"weights": "token_weights", "ref_logp": "ref_logps"}[key]
+        for v in VIEWS:
+            w = rec.get(n[f"{v}_{key}"])
+            if w is None and (v == "rejected" or key == "ref_logp"):
+                raise DataError(f'{where}: data.format_options.{option}=true but the record has no '
+                                f'"{n[f"{v}_{key}"]}" (found keys: {keys}); add it or set {option}=false')
+            if w is not None and (not isinstance(w, list) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in w)):
+                raise DataError(f'{where}: "{n[f"{v}_{key}"]}" must be a list of finite numbers, one per response '
+                                "token and the end token")
+            out[n[f"{v}_{key}"]] = w
         return out
 
     def check_columns(self, columns: set[str], origin: str) -> None:
@@ -179,20 +248,21 @@ class PreferenceFormat(DataFormat):
 
     def training_texts(self, ds: datasets.Dataset) -> list[str]:
         texts: list[str] = []
+        n = self.names
         for rec in ds:
-            for part in self.columns:
+            for part in (n["prompt"], n["chosen"], n["rejected"]):
                 val = rec[part]
                 texts += [val] if isinstance(val, str) else [m["content"] for m in val]
         return texts
 
     def tokenize_fn(self, tok: Tokenizer, locations: Locations | None) -> MapFn:
         s = self.settings
-        return PreferenceTokenize(tok, self.names, s.seq_len, s.drop_long_prompts, locations)
+        return PreferenceTokenize(tok, self.names, s.seq_len, s.drop_long_prompts, locations, self.per_token)
 
     def cache_key(self, split_fingerprint: str, tok: Tokenizer) -> list[Any]:
         s = self.settings
         return ["preference-v1", split_fingerprint, tokenizer_fingerprint(tok), self.names, s.seq_len,
-                s.drop_long_prompts]
+                s.drop_long_prompts, self.per_token]
 
     def build_dataset(self, tokenized: datasets.Dataset, tok: Tokenizer, train: bool) -> Dataset:
         return PreferenceDataset(tokenized)

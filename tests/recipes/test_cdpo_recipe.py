@@ -1,0 +1,73 @@
+"""`python train.py experiment=cdpo/arith` end to end at smoke size: every stage writes its artifact, DPO starts
+at its reference (the base), and a rerun skips finished stages and redoes only what is missing."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.runtime.run import run_training
+from tests.helpers import compose_cfg
+
+STAGES = ["sft", "sample", "select", "positive", "negative", "score", "dpo", "cdpo"]
+
+
+def test_cdpo_recipe_runs_every_stage_and_a_rerun_skips_them(run_dir: Path) -> None:
+    cfg = compose_cfg(["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
+                       "callbacks.run_artifacts.sample_max_new_tokens=0"], run_dir)
+    metrics = run_training(cfg)
+    assert json.loads((run_dir / "recipe.json").read_text())["done"] == STAGES
+    for artifact in ["sft/final.pt", "tokenizer/tokenizer.json", "sample/samples.jsonl", "select/positive.jsonl",
+                     "select/negative.jsonl", "select/pairs.jsonl", "positive/final.pt", "negative/final.pt",
+                     "score/pairs.jsonl", "score/critical_tokens.html", "dpo/final.pt", "cdpo/final.pt"]:
+        assert (run_dir / artifact).is_file(), artifact
+    for stage in ("dpo", "cdpo"):  # the reference is the starting policy: log-ratios 0, loss ln 2
+        assert metrics[f"{stage}/train/loss_first"] == pytest.approx(math.log(2), abs=1e-4)
+    assert {"sft/arith/acc", "positive/arith/acc", "dpo/arith/acc", "cdpo/arith/acc", "score/hit_rate",
+            "select/pairs", "sample/correct"} <= set(metrics)
+    scored = [json.loads(x) for x in (run_dir / "score/pairs.jsonl").read_text().splitlines()]
+    assert all(r["rejected_weights"][-1] == 1.0 for r in scored)
+
+    # a rerun redoes exactly the lost stages (here score, and dpo from scratch); this dpo reads the base's log-probs
+    # computed once by the score stage (reference=precomputed) instead of a reference copy: the same run
+    kept = {s: (run_dir / s / "final.pt").stat().st_mtime_ns for s in ("sft", "positive", "negative", "cdpo")}
+    (run_dir / "score/pairs.jsonl").unlink()
+    shutil.rmtree(run_dir / "dpo")
+    again = run_training(compose_cfg(["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
+                                      "callbacks.run_artifacts.sample_max_new_tokens=0", f"ckpt_path={run_dir}",
+                                      "recipe.preference.method.reference=precomputed"], run_dir.parent / "second"))
+    assert {s: (run_dir / s / "final.pt").stat().st_mtime_ns for s in kept} == kept
+    assert (run_dir / "score/pairs.jsonl").is_file() and (run_dir / "dpo/final.pt").is_file()
+    assert "reference.frozen" not in str(torch.load(run_dir / "dpo/checkpoints/last.ckpt", weights_only=True)
+                                         ["state_dict"].keys())  # no reference model was held
+    timing = ("wall_time", "tokens_per_s")
+    same = {k: v for k, v in metrics.items() if not any(t in k for t in timing)}
+    assert {k: again[k] for k in same} == pytest.approx(same, rel=1e-5, abs=1e-6)
+
+
+
+@pytest.mark.slow
+def test_with_wandb_the_scored_solutions_are_a_wandb_table(tmp_path: Path) -> None:
+    """logger=wandb (offline): the score stage logs its table of coloured solutions and the lowest-token plot to a
+    W&B run of its own. In a subprocess: W&B's per-process service must not leak into other tests."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    run = tmp_path / "run"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", "WANDB_DIR", "TOKENSMITH_RUN_NAME")},
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "train.py", "experiment=cdpo/arith", "debug=smoke", "logger=wandb",
+                           "callbacks.progress_bar=null", f"hydra.run.dir={run}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (records,) = list((run / "score" / "wandb").glob("offline-run-*/run-*.wandb"))
+    blob = records.read_bytes()
+    assert b"cdpo/critical_tokens" in blob and b"cdpo/lowest_token_vs_first_wrong_step" in blob

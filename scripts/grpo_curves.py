@@ -88,20 +88,22 @@ def main() -> None:
 
     lines = [f"Target: GRPO's final train reward (moving average over {args.smooth} generation batches, mean over "
              f"seeds) = {target:.3f}.", "",
-             "| mode | final train reward | val reward (greedy) | held-out acc | back-prop tokens (total) | "
-             "train s (total) | reached target | back-prop tokens to target | train s to target |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | final train reward | val reward (greedy) | held-out acc: SFT base | after GRPO | "
+             "back-prop tokens (total) | train s (total) | reached target | back-prop tokens to target | "
+             "train s to target |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode in MODES:
         rs = runs.get(mode) or []
         if not rs:
             continue
-        finals, vals, accs, toks, secs, t_tok, t_sec = [], [], [], [], [], [], []
+        finals, vals, base_accs, accs, toks, secs, t_tok, t_sec = [], [], [], [], [], [], [], []
         reached = 0
         for _, c, m in rs:
             sm = smooth([r["reward"] for r in c], args.smooth)
             finals.append(sm[-1])
             vals.append(m.get("finetune/val/reward"))
             accs.append(m.get("finetune/arith/acc"))
+            base_accs.append(m.get("arith/acc"))
             toks.append(c[-1]["tokens"])
             secs.append(c[-1]["seconds"])
             hit = first_reach(c, sm, target)
@@ -109,7 +111,7 @@ def main() -> None:
                 reached += 1
                 t_tok.append(hit["tokens"])
                 t_sec.append(hit["seconds"])
-        lines.append(f"| {LABELS.get(mode, mode)} | {fmt(finals)} | {fmt(vals)} | {fmt(accs)} | {fmt(toks, 0)} | "
+        lines.append(f"| {LABELS.get(mode, mode)} | {fmt(finals)} | {fmt(vals)} | {fmt(base_accs)} | {fmt(accs)} | {fmt(toks, 0)} | "
                      f"{fmt(secs, 1)} | {reached}/{len(rs)} | {fmt(t_tok, 0)} | {fmt(t_sec, 1)} |")
     table = "\n".join(lines) + "\n"
     print(table)

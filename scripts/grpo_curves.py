@@ -111,8 +111,8 @@ def main() -> None:
                 reached += 1
                 t_tok.append(hit["tokens"])
                 t_sec.append(hit["seconds"])
-        lines.append(f"| {LABELS.get(mode, mode)} | {fmt(finals)} | {fmt(vals)} | {fmt(base_accs)} | {fmt(accs)} | {fmt(toks, 0)} | "
-                     f"{fmt(secs, 1)} | {reached}/{len(rs)} | {fmt(t_tok, 0)} | {fmt(t_sec, 1)} |")
+        lines.append(f"| {LABELS.get(mode, mode)} | {fmt(finals)} | {fmt(vals)} | {fmt(base_accs)} | {fmt(accs)} | "
+                     f"{fmt(toks, 0)} | {fmt(secs, 1)} | {reached}/{len(rs)} | {fmt(t_tok, 0)} | {fmt(t_sec, 1)} |")
     table = "\n".join(lines) + "\n"
     print(table)
     (out / "grpo_table.md").write_text(table)

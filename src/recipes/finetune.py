@@ -48,9 +48,6 @@ def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
         if new_target and isinstance(base.get(key), dict) and base[key].get("_target_") != new_target:
             base[key] = None
     merged = OmegaConf.merge(OmegaConf.create(base), {k: ft[k] for k in ft})
-    if cfg.get("smoke"):  # debug=smoke: the second stage is as short as the first
-        merged.trainer.max_steps = cfg.trainer.max_steps
-        merged.trainer.val_check_interval = cfg.trainer.val_check_interval
     merged.paths.output_dir = str(output_dir / FINETUNE_DIR)
     return merged
 

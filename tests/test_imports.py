@@ -63,6 +63,14 @@ RULES = {
         "an objective trains on any data module that keeps the batch contract (docs/contracts.md)",
         ("src/models/**/*.py",), forbidden=("src.data",),
     ),
+    "rewards import data task checkers only": Rule(
+        "a reward scores text; objectives receive it built from the config (reward=) and never import it",
+        ("src/rewards/**/*.py",), only=("src.rewards", "src.data"),
+    ),
+    "models import no rewards": Rule(
+        "GRPO calls whatever reward the config built; a model importing rewards would pull in data",
+        ("src/models/**/*.py",), forbidden=("src.rewards",),
+    ),
     "the pretrained-asset leaf imports no other src room": Rule(
         "src/assets sits below both data and models", ("src/assets/**/*.py",), only=("src.assets",),
     ),

@@ -34,16 +34,23 @@ SCALE_REWARDS = ("group", "batch", "none")
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-6) -> Tensor:
+def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-6,
+                     valid: Tensor | None = None) -> Tensor:
     """A [B·G] from rewards [B·G] laid out group by group (rollouts of one prompt are contiguous).
 
     Worked example: rewards [1, 0, 0, 1 | 1, 1, 1, 1], G = 4, scale "group": group 1 has mean 0.5 and (unbiased)
     std 0.57735, so A = ±0.866; group 2 is all equal: A = 0 (its std is 0, the numerator 0).
+
+    valid [B·G] bool (optional): rollouts whose reward failed and were dropped; they get A = 0 and leave their
+    group's mean and std (their reward value, NaN included, is ignored). Example: rewards [1, NaN, 0, 0], valid
+    [1, 0, 1, 1], G = 4: the group is {1, 0, 0}, mean 1/3, std 0.57735, A = [1.155, 0, −0.577, −0.577].
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"method.scale_rewards={scale_rewards!r} is not one of {SCALE_REWARDS}")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if valid is not None:
+        return _masked_group_advantages(rewards, valid.bool(), group_size, scale_rewards, eps)
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards must be finite; score failed rollouts before computing advantages")
     grouped = rewards.float().view(-1, group_size)  # [B, G]
@@ -54,6 +61,28 @@ def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "gro
         scale = rewards.float().std() if rewards.numel() > 1 else torch.ones(())
     else:
         scale = torch.ones(())
+    return (centred / (scale + eps)).flatten()
+
+
+def _masked_group_advantages(rewards: Tensor, valid: Tensor, group_size: int, scale_rewards: str,
+                             eps: float) -> Tensor:
+    """`group_advantages` over the valid rollouts only (unbiased std; a group with < 2 valid rollouts has scale 1)."""
+    v = valid.view(-1, group_size)  # [B, G]
+    r = torch.where(valid, rewards.float(), torch.zeros((), device=rewards.device)).view(-1, group_size)  # [B, G]
+    if not torch.isfinite(r).all():
+        raise ValueError("rewards of valid rollouts must be finite")
+    vf = v.float()
+    n = vf.sum(-1, keepdim=True)  # [B, 1]
+    mean = (r * vf).sum(-1, keepdim=True) / n.clamp(min=1)
+    centred = (r - mean) * vf  # [B, G], 0 on invalid rollouts
+    if scale_rewards == "group":
+        var = (centred**2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
+        scale = torch.where(n > 1, var.sqrt(), torch.ones_like(var))
+    elif scale_rewards == "batch":
+        flat = rewards.float()[valid]
+        scale = flat.std() if flat.numel() > 1 else torch.ones((), device=rewards.device)
+    else:
+        scale = torch.ones((), device=rewards.device)
     return (centred / (scale + eps)).flatten()
 
 

@@ -2,6 +2,8 @@
 
 `finetune: {data: {...}, trainer: {...}, method: {...}, callbacks: {...}}` holds overrides merged onto the run's
 own config for the second stage (e.g. `data.stage: finetune`, `data.stochastok.p: 0`, fewer steps, another lr).
+A node whose `_target_` differs from the first stage's replaces it whole (SFT, then `method=grpo`: the
+experiment puts the method config there with `- /method@finetune.method: grpo` in its defaults).
 The second stage builds its components exactly like the first (`build_components`), copies the pretrained
 backbone weights in, runs in `<run dir>/finetune/`, and its metrics are merged into the run's metrics.json
 with a `finetune/` prefix, so a sweep's table reads one file per job.
@@ -39,6 +41,12 @@ def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
         raise ValueError(f"finetune has unknown keys {sorted(unknown)}; allowed: {list(STAGE_KEYS)}")
     base = OmegaConf.to_container(cfg, resolve=False)
     base["finetune"] = None
+    for key in STAGE_KEYS:
+        # A stage with another `_target_` (e.g. SFT, then method=grpo on prompt data) replaces that node: merging
+        # would hand the new class the old one's arguments.
+        new_target = (ft.get(key) or {}).get("_target_") if OmegaConf.is_dict(ft.get(key)) else None
+        if new_target and isinstance(base.get(key), dict) and base[key].get("_target_") != new_target:
+            base[key] = None
     merged = OmegaConf.merge(OmegaConf.create(base), {k: ft[k] for k in ft})
     merged.paths.output_dir = str(output_dir / FINETUNE_DIR)
     return merged

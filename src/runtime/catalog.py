@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 # Groups a user picks from, in the order train.yaml applies them; paths/hydra/local are plumbing.
-GROUPS = ("experiment", "data", "model", "method", "curriculum", "trainer", "strategy", "logger", "callbacks",
-          "debug", "hydra/launcher")
+GROUPS = ("experiment", "data", "model", "method", "reward", "downsample", "curriculum", "trainer", "strategy",
+          "logger", "callbacks", "debug", "hydra/launcher")
 
 
 def describe(path: Path, width: int = 100) -> str:

@@ -59,3 +59,17 @@ def test_k3_kl_is_zero_at_equality_and_positive_elsewhere() -> None:
     assert torch.equal(k3_kl(logp, logp), torch.zeros(3))
     kl = k3_kl(logp, torch.tensor([-1.5, -1.0, -0.5]))
     torch.testing.assert_close(kl, torch.tensor([math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1, 0.0]))
+
+
+def test_dropped_rollouts_leave_their_group() -> None:
+    r = torch.tensor([1.0, float("nan"), 0, 0, 2, 2, float("nan"), 2])
+    valid = torch.tensor([1, 0, 1, 1, 1, 1, 0, 1]).bool()
+    a = group_advantages(r, 4, valid=valid)
+    s = math.sqrt(1 / 3)  # std of {1, 0, 0}
+    torch.testing.assert_close(a, torch.tensor([2 / 3 / (s + 1e-6), 0, -1 / 3 / (s + 1e-6), -1 / 3 / (s + 1e-6),
+                                                0, 0, 0, 0]))
+    # all valid: the same as without the mask, for every scale
+    full = torch.tensor([1.0, 0, 0, 1, 3, 1, 1, 1])
+    for scale in ("group", "batch", "none"):
+        torch.testing.assert_close(group_advantages(full, 4, scale, valid=torch.ones(8, dtype=torch.bool)),
+                                   group_advantages(full, 4, scale))

@@ -18,6 +18,7 @@ _BUILTIN: dict[str, str] = {
     "sft": "src.data.formats.sft:SFTFormat",
     "preference": "src.data.formats.preference:PreferenceFormat",
     "canvas": "src.data.formats.canvas:CanvasFormat",
+    "prompt": "src.data.formats.prompt:PromptFormat",
 }
 _REGISTERED: dict[str, type[DataFormat]] = {}
 

@@ -1,0 +1,62 @@
+"""method=grpo through `python train.py`: 2 DDP processes equal one, and resume equals an uninterrupted run.
+
+Both launch train.py 2-3 times (15-30 s each on 2 cores): `slow` (`make test-slow`).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed import final_weights, train_subprocess
+
+GRPO = ["data=arith_prompts", "method=grpo", "reward=arith", "model.d_model=32", "model.n_layers=1",
+        "model.n_heads=2", "method.num_generations=4", "method.max_new_tokens=8", "trainer.accelerator=cpu",
+        "callbacks.progress_bar=null", "callbacks.run_artifacts.sample_max_new_tokens=0", "debug=smoke",
+        "trainer.limit_val_batches=1", "method.optimizer.lr=1e-2"]
+FIXED = ["method._target_=tests.models.grpo_helpers.FixedRolloutGRPO",
+         "+reward.functions.length._target_=tests.models.grpo_helpers.LengthReward"]
+
+
+def logged(run: Path, key: str) -> dict[int, float]:
+    with (run / "csv" / "metrics.csv").open() as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_fixed_rollout_grpo_on_two_processes_equals_one(loss_type: str, tmp_path: Path) -> None:
+    """The same 4 prompts per step as 1 process x 4 or 2 DDP processes x 2, two PPO epochs, micro-batches of 3
+    rows: the normaliser's counts are summed over micro-batches and ranks before the backward, so the updates,
+    and the weights after 4 steps, are the same."""
+    common = [*GRPO, *FIXED, f"method.loss_type={loss_type}", "method.ppo_epochs=2", "method.micro_batch_size=3"]
+    one = train_subprocess(tmp_path / "one", [*common, "data.batch_size=4"])
+    two = train_subprocess(tmp_path / "two", [*common, "data.batch_size=2", "strategy=ddp", "trainer.devices=2"])
+    for key in ("train/loss", "train/reward_mean"):
+        a, b = logged(one, key), logged(two, key)
+        assert len(a) == 2 and set(a) == set(b)  # 4 updates = 2 generation batches x 2 epochs
+        torch.testing.assert_close(torch.tensor(list(a.values())), torch.tensor(list(b.values())), atol=1e-5,
+                                   rtol=1e-4)
+    w1, w2 = final_weights(one), final_weights(two)
+    for name in w1:
+        if name.startswith("backbone."):
+            torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_resume_between_generation_batches_gives_the_same_reward_curve(tmp_path: Path) -> None:
+    """Stop after 3 of 6 generation batches, resume with ckpt_path=last: the sampled rollouts (the generator's
+    state travels in the checkpoint), rewards and losses of batches 4-6 are the uninterrupted run's."""
+    args = [*GRPO, "downsample=d3s", "trainer.max_steps=6", "data.batch_size=4", "method.temperature=1.5"]
+    straight = train_subprocess(tmp_path / "straight", args)
+    run = tmp_path / "resumed"
+    train_subprocess(run, [*args, "+callbacks.stop._target_=tests.distributed.StopAtStep", "+callbacks.stop.step=3"])
+    train_subprocess(run, [*args, "ckpt_path=last"])
+    for key in ("train/reward_mean", "train/completion_tokens_mean", "train/loss", "train/backprop_tokens"):
+        a, b = logged(straight, key), logged(run, key)  # {logged step: value}; 0-based generation batches
+        assert sorted(a) == list(range(6)) and {3, 4, 5} <= set(b), (key, sorted(b))
+        torch.testing.assert_close(torch.tensor([b[s] for s in (3, 4, 5)]), torch.tensor([a[s] for s in (3, 4, 5)]),
+                                   atol=1e-5, rtol=1e-5, msg=key)

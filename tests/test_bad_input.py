@@ -47,6 +47,8 @@ CASES = [
      "recipe.select.negative_coverage=1.5 must be in (0, 1]"),
     ("cDPO recipe: resume a dir that is not a recipe's", ["experiment=cdpo/arith", "ckpt_path={tmp}"],
      "not the run dir of a recipe"),
+    ("D³S token fraction K outside (0, 1]", ["experiment=d3s/arith", "downsample.k_init=0"],
+     "downsample.k_init is a kept fraction in (0, 1], got 0"),
     ("Rainbow canvas smaller than an answer", ["experiment=rainbow/copy", "data.task.max_len=12", "data.canvas=8"],
      "needs a canvas of"),
     ("Rainbow padding with K < 1 pads", ["experiment=rainbow/copy", "data.n_pads=0"],

@@ -102,8 +102,8 @@ def upper() -> type[DataFormat]:
 def test_registry_lists_the_builtins_and_names_them_for_an_unknown_format(tmp_path) -> None:
     assert {"pretrain", "sft", "preference", "canvas"} <= set(format_names())
     assert get_format("pretrain").name == "pretrain" and get_format("sft").name == "sft"
-    with pytest.raises(DataError,
-                       match=r"data.format must be one of 'canvas', 'preference', 'pretrain', 'sft'.*got 'chat'"):
+    names = r"'canvas', 'preference', 'pretrain', 'prompt', 'sft'"
+    with pytest.raises(DataError, match=rf"data.format must be one of {names}.*got 'chat'"):
         get_format("chat")
     with pytest.raises(DataError, match=r"data.format must be one of .*'pretrain'.*'sft'"):
         LMDataModule(source={"kind": "records", "records": [{"text": "a"}]}, format="chat", cache_dir=str(tmp_path))

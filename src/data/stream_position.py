@@ -38,7 +38,8 @@ class StreamPosition:
         per_step = int(trainer.accumulate_grad_batches) * self.batch_size * int(trainer.world_size)
         # An objective that takes several optimizer updates per batch (GRPO's PPO epochs) says how many; the
         # checkpoints of such a run fall between batches, so the division is exact.
-        updates = int(getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1) or 1)
+        module = getattr(trainer, "lightning_module", None)  # None before fit, or for a stand-in trainer
+        updates = int(getattr(module, "optimizer_steps_per_batch", 1) or 1)
         if updates > 1 and self._consumed_step is not None:
             return self._samples_consumed + (int(trainer.global_step) - self._consumed_step) // updates * per_step
         return samples_consumed_at(int(trainer.global_step), per_step, self._samples_consumed, self._consumed_step)

@@ -195,3 +195,38 @@ def test_csv_curves_skip_empty_cells_and_a_resumed_run_keeps_the_last_value_of_a
     path.write_text("epoch,step,train/loss,val/loss\n0,0,3.0,\n0,1,2.5,\n0,1,,2.9\n0,1,2.4,\n0,2,nan,\n,x,1.0,\n")
     assert read_csv_curves(path) == {"train/loss": [(0, 3.0), (1, 2.4)], "val/loss": [(1, 2.9)]}
     assert read_csv_curves(tmp_path / "absent.csv") == {}
+
+
+def test_rl_stage_curves_against_a_logged_budget_smoothed(tmp_path, capsys) -> None:
+    """A two-stage RL sweep: curves from <job>/finetune/csv, x = back-propagated tokens (the row's mean over seeds
+    at each step), trailing mean of 2 points. By hand, mode d3s: seed 1 rewards 0, 1, 0, 1 at tokens 10, 20, 30, 40;
+    seed 2 rewards 1, 1, 1, 1 at tokens 30, 40, 50, 60 -> smoothed 0, .5, .5, .5 and 1, 1, 1, 1 -> mean .5, .75,
+    .75, .75 at mean tokens 20, 30, 40, 50."""
+    sweep = tmp_path / "multirun"
+    rewards = {("d3s", 1): ([0, 1, 0, 1], 10), ("d3s", 2): ([1, 1, 1, 1], 30), ("none", 1): ([0, 0, 0, 0], 100)}
+    for job, ((mode, seed), (values, start)) in enumerate(rewards.items()):
+        run = sweep / str(job)
+        make_run(run, [f"downsample={mode}", f"seed={seed}"], {"finetune/val/reward": sum(values) / 4})
+        (run / "finetune" / "csv").mkdir(parents=True)
+        lines = ["step,train/reward_mean,train/backprop_tokens"]
+        lines += [f"{s},{v},{start + 10 * s}" for s, v in enumerate(values)]
+        (run / "finetune" / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    table = aggregate(load_jobs([sweep], stage="finetune"))
+    at, mean, lo, hi, n = row_curve(table.rows[0], "train/reward_mean", x="train/backprop_tokens", smooth=2)
+    assert table.rows[0].key == ("d3s",) and n == 2
+    assert at.tolist() == [20, 30, 40, 50] and mean.tolist() == [0.5, 0.75, 0.75, 0.75]
+    assert lo.tolist() == [0, 0.5, 0.5, 0.5] and hi.tolist() == [1, 1, 1, 1]  # 2 seeds: min–max
+
+    argv = [str(sweep), "--stage", "finetune", "--curves", "train/reward_mean", "--x", "step",
+            "train/backprop_tokens", "--smooth", "2"]
+    assert main(argv) == 0
+    assert "report_train_reward_mean.png" in capsys.readouterr().out
+    assert (sweep / "report_train_reward_mean.png").read_bytes()[:4] == b"\x89PNG"
+    assert "--x step train/backprop_tokens" in (sweep / "report.md").read_text()  # the command, to rerun it
+
+    for bad, message in ((["--x", "train/seconds"], "--x 'train/seconds': no finished job logged it"),
+                         (["--smooth", "0"], "--smooth 0: must be >= 1")):
+        assert main([str(sweep), "--stage", "finetune", "--curves", "train/reward_mean", *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main([str(sweep), "--stage", "sft"]) == 2
+    assert "--stage sft: no job has a sft/ sub-directory" in capsys.readouterr().err

@@ -168,13 +168,16 @@ def test_cli_second_launch_with_the_same_run_name_fails_and_keeps_the_first(tmp_
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6
 
 
-def test_wandb_offline_run_holds_the_metrics(tmp_path: Path) -> None:
+def test_wandb_offline_run_holds_the_metrics_and_the_run_dirs_plot(tmp_path: Path) -> None:
     proc = _train_cli(["logger=wandb"], tmp_path, WANDB_MODE="offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()
     (records,) = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     blob = records.read_bytes()
     assert b"train/loss" in blob and b"val/loss" in blob
+    assert b"plots/loss_curve" in blob  # the run page shows the run dir's loss_curve.png
+    (image,) = list((run / "wandb").glob("offline-run-*/files/media/images/plots/loss_curve_*.png"))
+    assert image.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("n_launches", [2])

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from src.callbacks.log_images import log_images
 from src.data.cache import atomic_write_text
 from src.models.objective import StepOutput
 
@@ -125,6 +126,7 @@ class RunArtifacts(Callback):
         if samples:
             atomic_write_text(out / "samples.txt", "".join(f"### {p!r}\n{c}\n\n" for p, c in samples))
         self._plot(out / "loss_curve.png")
+        log_images(trainer, {"loss_curve": out / "loss_curve.png"})
 
     def summary(self, trainer: pl.Trainer) -> dict[str, Any]:
         tail = [loss for _, loss in self.train_history[-10:]]

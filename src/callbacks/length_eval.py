@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from src.callbacks.log_images import log_images
 from src.callbacks.task_eval import _TaskEval
 from src.models.components.mdlm_sampler import answer_tokens, early_end_fraction
 from src.plots.length import plot_length_robustness
@@ -84,3 +85,4 @@ class LengthRobustnessEval(_TaskEval):
                                    [r[f"eval/exact@{m}x"] for m in ms], [r[f"eval/early_end@{m}x"] for m in ms],
                                    r["eval/target_len"], self._out / "length_eval.png",
                                    title=f"canvas C = {self.canvas} ({type(pl_module).__name__})")
+            log_images(trainer, {"length_eval": self._out / "length_eval.png"})

@@ -2,12 +2,17 @@
 
     python -m src.report outputs/<task>/multiruns/<name> [more run or multirun dirs]
     python -m src.report <dir> --group data.stochastok.p --metrics addition/acc_train_tok val/loss --percent
+    python -m src.report <dir> --stage finetune --curves train/reward_mean --smooth 10 \
+        --x step train/backprop_tokens train/train_seconds          # an RL stage: reward against its cost
 
 Rows are the values of the overrides that differ between jobs (seed excluded; --group to choose), columns the
 metrics.json entries all finished jobs share (wall-clock, throughput and step counts left out; --metrics to
 choose), cells `mean ± std (n)`. Jobs without metrics.json are listed as missing. The table goes to stdout and to
 report.md; report_<metric>.png plots the per-step metrics (--curves, default train/loss and val/loss): the mean
-over seeds per row, banded by ± std (3+ seeds) or min–max (2). Files go to the first directory given, or --out.
+over seeds per row, banded by ± std (3+ seeds) or min–max (2), against the step or any logged column (--x, one
+panel each), optionally smoothed (--smooth k: each job's trailing mean of k points); --stage reads the curves of a
+two-stage run's later stage (<job>/<stage>/csv/metrics.csv; its metrics are in the job's metrics.json with a
+`<stage>/` prefix). Files go to the first directory given, or --out.
 --wandb also logs the table and plots to a W&B run (WANDB_MODE=offline works without a network).
 Exit status 2, with one line on stderr, when a path is not a run or multirun dir or a metric or key is unknown.
 """
@@ -52,6 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--curves", nargs="*", metavar="METRIC",
                     help=f"csv/metrics.csv columns to plot (default: {' '.join(curves.DEFAULT_CURVES)} where logged;"
                          " --curves alone: no plots)")
+    ap.add_argument("--x", nargs="+", default=[curves.STEP], metavar="COLUMN",
+                    help="x axes of the curves: step (default) and/or csv columns, one panel each")
+    ap.add_argument("--smooth", type=int, default=1, metavar="K",
+                    help="plot each job's trailing mean over K logged points (default 1: as logged)")
+    ap.add_argument("--stage", default="", metavar="SUBDIR",
+                    help="read the curves from <job>/SUBDIR/csv/metrics.csv (e.g. finetune)")
     ap.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: the first DIR)")
     ap.add_argument("--title", default="", help="title of report.md and the plots")
     ap.add_argument("--wandb", action="store_true", help="also log the table and plots to a W&B run")
@@ -59,7 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def curve_metrics(table: Table, requested: list[str] | None) -> list[str]:
+def curve_metrics(table: Table, requested: list[str] | None, xs: list[str] | None = None) -> list[str]:
+    for x in xs or []:
+        if x != curves.STEP and not curves.available(table, x):
+            names = curves.curve_names(table)
+            raise ReportError(f"--x {x!r}: no finished job logged it in csv/metrics.csv (logged: "
+                              + (", ".join(names) or "nothing: no csv/metrics.csv") + ")")
     if requested is None:
         return [m for m in curves.DEFAULT_CURVES if curves.available(table, m)]
     for m in requested:
@@ -105,14 +121,16 @@ def log_wandb(table: Table, images: list[tuple[str, Path]], out: Path, project: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        jobs = load_jobs(args.dirs)
+        if args.smooth < 1:
+            raise ReportError(f"--smooth {args.smooth}: must be >= 1 (1 = no smoothing)")
+        jobs = load_jobs(args.dirs, stage=args.stage)
         table = aggregate(jobs, group=args.group, metrics=args.metrics, percent=args.percent)
-        plot_metrics = curve_metrics(table, args.curves)
+        plot_metrics = curve_metrics(table, args.curves, args.x)
         out = args.out if args.out is not None else args.dirs[0]
         text = markdown(table)
         images = []
         for metric in plot_metrics:
-            path = curves.plot(table, metric, out, title=args.title)
+            path = curves.plot(table, metric, out, title=args.title, xs=tuple(args.x), smooth=args.smooth)
             if path is not None:
                 images.append((metric, path))
         command = shlex.join(["python", "-m", "src.report", *(sys.argv[1:] if argv is None else argv)])

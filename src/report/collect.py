@@ -1,7 +1,9 @@
 """Finding and reading run directories.
 
 A run dir holds `.hydra/overrides.yaml` (the job's command-line overrides), `metrics.json` (final metrics, written
-when the run ends) and `csv/metrics.csv` (every logged metric per optimizer step). A multirun dir holds run dirs:
+when the run ends) and `csv/metrics.csv` (every logged metric per optimizer step). A two-stage run (a `finetune:`
+or recipe stage) keeps each later stage's CSV in its own sub-directory (`<run dir>/finetune/csv/metrics.csv`):
+`stage` names it. A multirun dir holds run dirs:
 Hydra names them 0, 1, ...; `scripts/budget_sweep.py` names them after the swept values. A job without
 metrics.json (crashed, still running, stopped at a budget) is kept as missing, never counted as zeros.
 """
@@ -44,6 +46,7 @@ class Job:
     overrides: dict[str, str]
     metrics: dict | None  # None: no (readable) metrics.json
     why_missing: str = ""
+    stage: str = ""  # sub-directory whose csv/metrics.csv holds the curves ("" = the run dir's own)
     _curves: dict[str, list[tuple[int, float]]] | None = field(default=None, repr=False)
 
     @classmethod
@@ -76,7 +79,7 @@ class Job:
         """Every column of csv/metrics.csv as (step, value) pairs sorted by step; a step logged twice (a resumed
         run) keeps its last value. Empty when the run has no CSV log."""
         if self._curves is None:
-            self._curves = read_csv_curves(self.dir / "csv" / "metrics.csv")
+            self._curves = read_csv_curves(self.dir / self.stage / "csv" / "metrics.csv")
         return self._curves
 
 
@@ -106,8 +109,9 @@ def _job_order(path: Path) -> tuple:
     return (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name)
 
 
-def load_jobs(paths: list[Path]) -> list[Job]:
-    """The jobs of run dirs and multirun dirs, in order (numbered jobs numerically, named ones by name)."""
+def load_jobs(paths: list[Path], stage: str = "") -> list[Job]:
+    """The jobs of run dirs and multirun dirs, in order (numbered jobs numerically, named ones by name); curves
+    come from each job's `<stage>/csv/metrics.csv`."""
     jobs = []
     for path in paths:
         path = Path(path)
@@ -121,4 +125,8 @@ def load_jobs(paths: list[Path]) -> list[Job]:
             raise ReportError(f"{path} is neither a run dir (metrics.json or .hydra/overrides.yaml) nor a multirun "
                               "dir (sub-directories that are run dirs)")
         jobs += [Job.read(p) for p in runs]
+    for job in jobs:
+        job.stage = stage
+    if stage and not any((j.dir / stage).is_dir() for j in jobs):
+        raise ReportError(f"--stage {stage}: no job has a {stage}/ sub-directory (e.g. {jobs[0].dir / stage})")
     return jobs

@@ -29,8 +29,10 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 
+from src.callbacks.log_images import log_images
 from src.data.cache import atomic_write_text
 from src.data.errors import DataError
 from src.models.logprobs import IGNORE_INDEX, backbone_hidden, head_logprobs
@@ -81,6 +83,18 @@ def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any)
     loss = sums[:, 0] / sums[:, 1].clamp(min=1)  # [k] mean loss per answer token
     acc = sums[:, 2] / sums[:, 3].clamp(min=1)  # [k] greedy exact match per answer
     return loss.cpu().double().numpy(), acc.cpu().double().numpy()
+
+
+def run_title(out: Path) -> str:
+    """The run's own overrides (`curriculum=skillit seed=1`) as a plot title: a multirun names its run dirs 0, 1, ...,
+    which says nothing on a figure copied elsewhere."""
+    overrides = out / ".hydra" / "overrides.yaml"
+    try:
+        items = [str(o).lstrip("+") for o in (yaml.safe_load(overrides.read_text()) or [])]
+    except (OSError, yaml.YAMLError):
+        items = []
+    shown = [o for o in items if not o.startswith(("hydra.", "callbacks.progress_bar", "paths."))]
+    return " ".join(shown) or out.name
 
 
 def align_graph(graph: Any, graph_skills: list[str], data_skills: list[str], where: str) -> np.ndarray:
@@ -160,7 +174,8 @@ class SkillEvalCallback(Callback):
         names = self._datamodule(trainer).skill_names
         atomic_write_text(out / "skills.json", json.dumps(
             {"skills": names, "evals": self.evals, "mixtures": self.mixtures}, indent=1) + "\n")
-        plot_skill_history(self.evals, self.mixtures, names, out, title=out.name)
+        plot_skill_history(self.evals, self.mixtures, names, out, title=run_title(out))
+        log_images(trainer, {"skill_accuracy": out / "skill_accuracy.png", "skill_mixture": out / "skill_mixture.png"})
 
     # ---- internals ---------------------------------------------------------------------------------------
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:

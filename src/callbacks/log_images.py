@@ -1,0 +1,28 @@
+"""Send the PNGs a run writes into its run dir to the loggers that show images (W&B), so the run page holds the
+same pictures as the directory: loss_curve.png, skill_accuracy.png / skill_mixture.png, length_eval.png.
+
+Loggers without images (CSV, TensorBoard's scalars) are skipped; a plot that was not written (nothing to draw) is
+skipped. Rank 0 only, like the files themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+def log_images(trainer: pl.Trainer, images: dict[str, Path]) -> list[str]:
+    """`{key: png}` to every logger with `log_image` (W&B's `plots/<key>`); returns the keys sent."""
+    present = {key: Path(path) for key, path in images.items() if Path(path).is_file()}
+    sent: list[str] = []
+    if trainer.global_rank != 0 or not present:
+        return sent
+    for logger in trainer.loggers:
+        log_image = getattr(logger, "log_image", None)
+        if not callable(log_image):
+            continue
+        for key, path in present.items():
+            log_image(key=f"plots/{key}", images=[str(path)], step=int(trainer.global_step))
+            sent.append(key)
+    return sent

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from src.callbacks.log_images import log_images
+from src.callbacks.log_images import log_images, run_title
 from src.data.cache import atomic_write_text
 from src.models.objective import StepOutput
 
@@ -178,11 +178,12 @@ class RunArtifacts(Callback):
             vs, vl = zip(*self.val_history)
             ax.plot(vs, vl, "o-", label="validation")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_yscale("log")
+        ax.set_ylabel("loss")  # nats/token for an LM; a preference or policy loss for DPO / GRPO
+        if min(losses + (tuple(vl) if self.val_history else ())) > 0:  # a GRPO loss goes below 0: linear then
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.set_title(path.parent.name)
+        ax.set_title(run_title(path.parent), fontsize=9)
         fig.tight_layout()
         tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
         fig.savefig(tmp, dpi=110)

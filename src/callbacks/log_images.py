@@ -2,7 +2,7 @@
 same pictures as the directory: loss_curve.png, skill_accuracy.png / skill_mixture.png, length_eval.png.
 
 Loggers without images (CSV, TensorBoard's scalars) are skipped; a plot that was not written (nothing to draw) is
-skipped. Rank 0 only, like the files themselves.
+skipped. Rank 0 only, like the files themselves. `run_title` gives those plots a title that says which run they are.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import yaml
 
 
 def log_images(trainer: pl.Trainer, images: dict[str, Path]) -> list[str]:
@@ -26,3 +27,16 @@ def log_images(trainer: pl.Trainer, images: dict[str, Path]) -> list[str]:
             log_image(key=f"plots/{key}", images=[str(path)], step=int(trainer.global_step))
             sent.append(key)
     return sent
+
+
+def run_title(out: Path) -> str:
+    """The run's own overrides (`curriculum=skillit seed=1`) as a plot title: a multirun names its run dirs 0, 1, ...,
+    which says nothing on a figure copied elsewhere."""
+    overrides = out / ".hydra" / "overrides.yaml"
+    try:
+        items = [str(o).lstrip("+") for o in (yaml.safe_load(overrides.read_text()) or [])]
+    except (OSError, yaml.YAMLError):
+        items = []
+    shown = [o for o in items if not o.startswith(("hydra.", "callbacks.progress_bar", "paths."))]
+    title = " ".join(shown) or out.name
+    return title if len(title) <= 100 else title[:97] + "..."

@@ -29,10 +29,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 
-from src.callbacks.log_images import log_images
+from src.callbacks.log_images import log_images, run_title
 from src.data.cache import atomic_write_text
 from src.data.errors import DataError
 from src.models.logprobs import IGNORE_INDEX, backbone_hidden, head_logprobs
@@ -83,18 +82,6 @@ def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any)
     loss = sums[:, 0] / sums[:, 1].clamp(min=1)  # [k] mean loss per answer token
     acc = sums[:, 2] / sums[:, 3].clamp(min=1)  # [k] greedy exact match per answer
     return loss.cpu().double().numpy(), acc.cpu().double().numpy()
-
-
-def run_title(out: Path) -> str:
-    """The run's own overrides (`curriculum=skillit seed=1`) as a plot title: a multirun names its run dirs 0, 1, ...,
-    which says nothing on a figure copied elsewhere."""
-    overrides = out / ".hydra" / "overrides.yaml"
-    try:
-        items = [str(o).lstrip("+") for o in (yaml.safe_load(overrides.read_text()) or [])]
-    except (OSError, yaml.YAMLError):
-        items = []
-    shown = [o for o in items if not o.startswith(("hydra.", "callbacks.progress_bar", "paths."))]
-    return " ".join(shown) or out.name
 
 
 def align_graph(graph: Any, graph_skills: list[str], data_skills: list[str], where: str) -> np.ndarray:

@@ -163,3 +163,15 @@ def test_curriculum_without_skills_or_with_the_loss_signal_is_one_clear_error(tm
         _fit([*over, f"data.source.path={data}"], tmp_path / "a", [])
     with pytest.raises(DataError, match="signal=loss .* use method=grpo with signal=reward"):
         _fit([*_overrides(_prompt_file(tmp_path)), "curriculum.callback.signal=loss"], tmp_path / "b", [])
+
+
+def test_skill_curriculum_adds_skills_from_the_highest_reward(straight, tmp_path: Path) -> None:  # noqa: ANN001
+    """The other mixture curricula read the same signal: round t trains on the ceil(t·k/T) lowest L = 1 − r,
+    i.e. the best-rewarded skills first."""
+    data = straight[0]
+    over = [o for o in _overrides(data) if not o.startswith("+skillit")]
+    _, cb = _fit([*over, "curriculum=skill_curriculum", "+skillit={rounds: 3}"], tmp_path / "run", [])
+    assert cb.signal_used == "reward"
+    assert [m["step"] for m in cb.mixtures] == [0, 0, 2, 4]  # fit start (uniform), then rounds 1-3
+    np.testing.assert_allclose([m["weights"] for m in cb.mixtures[1:]],
+                               [[1, 0, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3]])

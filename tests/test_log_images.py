@@ -37,5 +37,7 @@ def test_run_title_is_the_runs_overrides_not_its_job_number(tmp_path: Path) -> N
         ["experiment=skillit/lego", "curriculum=skillit", "+seed=1", "callbacks.progress_bar=null", "hydra.job.x=1"]))
     assert run_title(job) == "experiment=skillit/lego curriculum=skillit seed=1"
     assert run_title(tmp_path / "2026-12-04_10-00-00") == "2026-12-04_10-00-00"  # no overrides: the dir's name
+    (job / "finetune").mkdir()  # a two-stage run's second stage: the run's overrides, the stage named
+    assert run_title(job / "finetune") == "experiment=skillit/lego curriculum=skillit seed=1 (finetune)"
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.k{i}=value{i}" for i in range(20)]))
     assert len(run_title(job)) == 100 and run_title(job).endswith("...")

@@ -31,12 +31,15 @@ def log_images(trainer: pl.Trainer, images: dict[str, Path]) -> list[str]:
 
 def run_title(out: Path) -> str:
     """The run's own overrides (`curriculum=skillit seed=1`) as a plot title: a multirun names its run dirs 0, 1, ...,
-    which says nothing on a figure copied elsewhere."""
-    overrides = out / ".hydra" / "overrides.yaml"
+    which says nothing on a figure copied elsewhere. A later stage's dir (`<run>/finetune`) has no overrides of its
+    own: the run's, with the stage named."""
+    stage = not (out / ".hydra").is_dir() and (out.parent / ".hydra").is_dir()
+    overrides = (out.parent if stage else out) / ".hydra" / "overrides.yaml"
     try:
         items = [str(o).lstrip("+") for o in (yaml.safe_load(overrides.read_text()) or [])]
     except (OSError, yaml.YAMLError):
         items = []
     shown = [o for o in items if not o.startswith(("hydra.", "callbacks.progress_bar", "paths."))]
-    title = " ".join(shown) or out.name
+    title = " ".join(shown) or (out.parent.name if stage else out.name)
+    title += f" ({out.name})" if stage else ""
     return title if len(title) <= 100 else title[:97] + "..."

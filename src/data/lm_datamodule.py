@@ -11,6 +11,10 @@ lazy and idempotent, so `.tokenizer` can be read before either (train.py needs v
 Resume: `state_dict()` saves the global number of samples consumed at the checkpoint (an optimizer-step
 boundary, src/data/stream_position.py) and the identity of the data it indexes; `load_state_dict()` makes the
 next `train_dataloader()` start the infinite sampler exactly there.
+
+Skill mixture (`data.mixture`, set by the `curriculum=` configs): records with a skill (RL prompts) are then
+sampled by skill under a mixture the curriculum callbacks change (src/data/skill_mixture.py); null (the default)
+keeps the plain stream.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.errors import DataError
 from src.data.formats import DataFormat, Fields, FormatSettings, get_format
+from src.data.skill_mixture import SkillMixing
 from src.data.sources import LoadedSource, load_source, normalize_spec, to_plain
 from src.data.stochastok import StochasTokConfig
 from src.data.stream_position import StreamPosition
@@ -55,7 +60,7 @@ def loader_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-class LMDataModule(StreamPosition, L.LightningDataModule):
+class LMDataModule(StreamPosition, SkillMixing, L.LightningDataModule):
     """Causal-LM data. Batches follow docs/contracts.md (labels pre-shifted, -100 = no loss).
 
     pretrain batches: input_ids, labels, attention_mask, position_ids, segment_ids, all `[B, seq_len]` long.
@@ -87,6 +92,8 @@ class LMDataModule(StreamPosition, L.LightningDataModule):
         pin_memory: bool = False,
         stochastok: Mapping[str, Any] | None = None,
         format_options: Mapping[str, Any] | None = None,
+        mixture: str | list[float] | None = None,
+        skills_graph: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.source = normalize_spec(source)
@@ -127,6 +134,8 @@ class LMDataModule(StreamPosition, L.LightningDataModule):
         self._splits: tuple[LoadedSource, LoadedSource | None] | None = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        # data.mixture: null = the plain stream; natural | uniform | weights = sample by skill (curricula)
+        self._init_skill_mixing(to_plain(mixture), to_plain(skills_graph))
 
     # -- raw data ----------------------------------------------------------------------------------------------
     def _raw_splits(self) -> tuple[LoadedSource, LoadedSource | None]:
@@ -196,6 +205,7 @@ class LMDataModule(StreamPosition, L.LightningDataModule):
         train, val = self._raw_splits()
         self.train_dataset = self._build(train, expand=True)
         self.val_dataset = self._build(val) if val is not None else None
+        self._build_skill_view(train.origin)
         log.info(
             "data: %d train / %s val items (%s)",
             len(self.train_dataset),
@@ -212,12 +222,16 @@ class LMDataModule(StreamPosition, L.LightningDataModule):
             self.setup("fit")
         self._check_restored_identity()
         rank, world = self._rank_world()
-        sampler_cls = self.data_format.sampler_class(self.train_dataset)
-        sampler = sampler_cls(
-            len(self.train_dataset), self.seed, rank, world, self._samples_consumed, shuffle=self.shuffle
-        )
+        dataset = self.train_dataset
+        if self.samples_by_skill:  # a skill curriculum's mixture (src/data/skill_mixture.py)
+            dataset, sampler = self.skill_sampler(rank, world, self._samples_consumed)
+        else:
+            sampler_cls = self.data_format.sampler_class(self.train_dataset)
+            sampler = sampler_cls(
+                len(self.train_dataset), self.seed, rank, world, self._samples_consumed, shuffle=self.shuffle
+            )
         return DataLoader(
-            self.train_dataset,
+            dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
@@ -247,7 +261,7 @@ class LMDataModule(StreamPosition, L.LightningDataModule):
 
     # -- resume (the position itself: StreamPosition) -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**self.position_state(), "data": self.data_identity()}
+        return {**self.position_state(), "data": self.data_identity(), **self.mixture_state()}
 
     def data_identity(self) -> str | None:
         """What the stream position indexes: the train split (records, seed, val split), the tokenizer, seq_len
@@ -262,6 +276,7 @@ class LMDataModule(StreamPosition, L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restore_position(state_dict)
+        self.restore_mixture(state_dict)
         self._restored_identity = state_dict.get("data")  # absent in checkpoints written before it was recorded
 
     def _check_restored_identity(self) -> None:

@@ -110,6 +110,9 @@ class SkillItems(Dataset):
 
 
 class SkillDataModule(StreamPosition, L.LightningDataModule):
+    samples_by_skill = True  # the curriculum callbacks' check (src/callbacks/skills/evaluation.py)
+    skill_signals = ("loss",)  # per-skill signal its validation items support: answer-token loss (labels)
+
     def __init__(
         self,
         task: Mapping[str, Any],

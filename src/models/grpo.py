@@ -490,9 +490,17 @@ class GRPOModule(Objective):
         self._log_throughput(int(stats["tokens"]) * int(self.trainer.world_size), 1)
 
     # ---- validation ----------------------------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    @torch.no_grad()
+    def greedy_rewards(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """(rewards [B], valid [B]) of one greedy completion per prompt: `val/reward`'s measure, and the per-skill
+        signal of skill curricula (src/callbacks/skills/evaluation.py). Greedy decoding draws nothing from the
+        rollout sampler's generator, so calling it never changes the training rollouts."""
         _, texts, meta = self._generate(batch, 1, greedy=True, max_new_tokens=self.val_max_new_tokens)
         rewards, valid, _ = self._score(texts, meta)
+        return rewards, valid
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        rewards, valid = self.greedy_rewards(batch)
         self.val_reward_sum.update(rewards[valid].sum())
         self.val_count.update(valid.sum().float())
 

@@ -4,6 +4,8 @@
 own config for the second stage (e.g. `data.stage: finetune`, `data.stochastok.p: 0`, fewer steps, another lr).
 A node whose `_target_` differs from the first stage's replaces it whole (SFT, then `method=grpo`: the
 experiment puts the method config there with `- /method@finetune.method: grpo` in its defaults).
+A `curriculum=` applies to both stages unless the config sets `curriculum_stage: finetune` (grpo/arith: the SFT
+stage has no skills, the GRPO stage's prompts do; src/runtime/build.py, `curriculum_applies`).
 The second stage builds its components exactly like the first (`build_components`), copies the pretrained
 backbone weights in, runs in `<run dir>/finetune/`, and its metrics are merged into the run's metrics.json
 with a `finetune/` prefix, so a sweep's table reads one file per job.

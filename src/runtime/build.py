@@ -22,6 +22,7 @@ from src.callbacks.accumulation import AccumulationAlignment
 from src.callbacks.artifacts import RunArtifacts
 from src.runtime.checkpoint_io import AtomicCheckpointIO
 from src.runtime.checkpoints import CheckpointMismatchError, mismatch_message
+from src.runtime.errors import ConfigError
 from src.runtime.preemption import cluster_plugins, find_preemption_callback
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,21 @@ def val_interval_in_batches(trainer_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
+CURRICULUM_STAGES = ("all", "finetune")
+
+
+def curriculum_applies(cfg: DictConfig) -> bool:
+    """Whether this stage gets the `curriculum=` callback. `curriculum_stage: finetune` (a two-stage experiment
+    whose first stage has no skills, e.g. grpo/arith: SFT, then GRPO on skill-labelled prompts) keeps it for the
+    second stage, the config without a `finetune:` node left (src/recipes/finetune.py); `all` (default): every stage."""
+    if not (cfg.get("curriculum") or {}).get("callback"):
+        return False
+    stage = cfg.get("curriculum_stage") or "all"
+    if stage not in CURRICULUM_STAGES:
+        raise ConfigError(f"curriculum_stage={stage!r} is not one of {CURRICULUM_STAGES}")
+    return not (stage == "finetune" and cfg.get("finetune"))
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate data → tokenizer → backbone → objective → trainer, in the order their sizes depend on."""
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -66,7 +82,7 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     module = instantiate(cfg.method, backbone=backbone, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # curriculum=<name> may bring the callback that drives its data mixture (conf/curriculum/, docs/skillit.md)
-    if (cfg.get("curriculum") or {}).get("callback"):
+    if curriculum_applies(cfg):
         callbacks.append(instantiate(cfg.curriculum.callback))
     callbacks.append(AccumulationAlignment())  # resume with another accumulation (src/callbacks/accumulation.py)
     callbacks, bar = progress_bar_switch(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))

@@ -17,6 +17,18 @@ same global sample and a resumed run replays the same schedule (src/data/skill_s
 prefetched keep the old mixture: the new one trains from `applies_from_step`, recorded with each change (measured
 2 steps after the decision with `num_workers=0`, 2 + prefetch_factor x num_workers with workers). The plots and
 skills.json use that step; a warning says when the lag is a large share of a round.
+
+The per-skill signal (`signal`): `loss`, the answer-token loss of skill records (LM training on data=lego,
+addition, skills_jsonl); or `reward`, for RL on skill-labelled prompts (method=grpo, data.format=prompt): the
+mean reward r_j of the policy's *greedy* completions of skill j's validation prompts, turned into a loss
+L_j = reward_max − r_j, so that every curriculum reads "high L = skill still to learn" (Skill-It's
+exp(η Σ A L) upweights low-reward skills). Greedy, not sampled: it is deterministic for given weights (two
+evaluations differ only because the policy did), it draws nothing from the rollout sampler's generator (so
+training rollouts and resume stay exactly as without the curriculum), it is one completion per prompt instead of
+G, and it is the same measure as `val/reward` and the held-out accuracy. A sampled estimate would track the
+expected training reward more closely (a skill the greedy policy solves may still fail at temperature 1), at G
+times the cost and with a generator of its own to checkpoint. `auto` picks `reward` when the objective scores
+completions with a reward (it has `greedy_rewards`) and the data module serves prompts, else `loss`.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from src.models.logprobs import IGNORE_INDEX, backbone_hidden, head_logprobs
 from src.plots.skills import plot_skill_history
 
 log = logging.getLogger(__name__)
+SIGNALS = ("auto", "loss", "reward")
 
 
 @torch.no_grad()
@@ -84,6 +97,46 @@ def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any)
     return loss.cpu().double().numpy(), acc.cpu().double().numpy()
 
 
+@torch.no_grad()
+def evaluate_skill_rewards(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> np.ndarray:
+    """Per-skill mean reward `[k]` of the greedy completions of every skill's validation prompts (each rank a
+    shard, sums all-reduced: identical on every rank). `pl_module.greedy_rewards(batch) -> (rewards [B], valid
+    [B])` generates and scores (src/models/grpo.py); a rollout the reward dropped does not count."""
+    rank, world = int(trainer.global_rank), int(trainer.world_size)
+    sums = torch.zeros(dm.k, 2, device=pl_module.device, dtype=torch.float64)  # [k, (reward sum, scored prompts)]
+    was_training = pl_module.training
+    pl_module.eval()
+    for j in range(dm.k):
+        for batch in dm.skill_val_batches(j, rank, world):
+            batch = {key: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+            rewards, valid = pl_module.greedy_rewards(batch)  # [B], [B]
+            sums[j, 0] += rewards[valid].double().sum()
+            sums[j, 1] += valid.double().sum()
+    pl_module.train(was_training)
+    sums = trainer.strategy.reduce(sums, reduce_op="sum")
+    return (sums[:, 0] / sums[:, 1].clamp(min=1)).cpu().numpy()
+
+
+def resolve_signal(signal: str, dm: Any, pl_module: pl.LightningModule) -> str:
+    """`loss` or `reward` for this data module and objective (module docstring), or a DataError naming the fix."""
+    can_reward = callable(getattr(pl_module, "greedy_rewards", None))
+    supported = tuple(getattr(dm, "skill_signals", ("loss",)))
+    if signal == "auto":
+        signal = "reward" if can_reward and "reward" in supported else "loss"
+    if signal == "loss" and "loss" not in supported:
+        raise DataError("curriculum.callback.signal=loss is the answer-token loss of skill records (data=lego, "
+                        "addition, skills_jsonl); prompt data (data.format=prompt) has no answer labels and is "
+                        "scored by a reward: use method=grpo with signal=reward (or auto)")
+    if signal == "reward" and "reward" not in supported:
+        raise DataError("curriculum.callback.signal=reward scores completions of skill-labelled prompts "
+                        "(data.format=prompt, method=grpo); this data module gives answer-token losses: use "
+                        "signal=loss (or auto)")
+    if signal == "reward" and not can_reward:
+        raise DataError(f"curriculum.callback.signal=reward needs an objective that generates and scores "
+                        f"completions (method=grpo with a reward=); {type(pl_module).__name__} does not")
+    return signal
+
+
 def align_graph(graph: Any, graph_skills: list[str], data_skills: list[str], where: str) -> np.ndarray:
     """A learned graph in the data's skill order. The file names the skills it was learned on (a skills file's
     names are sorted unless data.task.skills orders them, so the same skills can come in another order)."""
@@ -98,9 +151,16 @@ def align_graph(graph: Any, graph_skills: list[str], data_skills: list[str], whe
 class SkillEvalCallback(Callback):
     """Per-skill loss/accuracy every `eval_every` steps (and at the end), the mixture history, plots and summary."""
 
-    def __init__(self, eval_every: int = 100, eval_at_start: bool = True) -> None:
+    def __init__(self, eval_every: int = 100, eval_at_start: bool = True, signal: str = "auto",
+                 reward_max: float = 1.0) -> None:
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        if signal not in SIGNALS:
+            raise DataError(f"curriculum.callback.signal={signal!r} is not one of {SIGNALS} (loss: answer-token "
+                            "loss of skill records; reward: reward_max - mean greedy reward of skill prompts)")
+        # the per-skill signal (module docstring); reward_max: the reward's best score, so L_j = reward_max - r_j
+        self.signal, self.reward_max = signal, float(reward_max)
+        self.signal_used: str | None = None  # resolved at fit start
         self.eval_every = int(eval_every)
         # False: no evaluation of the untrained model at step 0. Its losses (≈ ln V on the answer token, ~8x a
         # trained model's) would sit in Skill-It's first window and all but decide round 2's mixture.
@@ -124,15 +184,21 @@ class SkillEvalCallback(Callback):
     # ---- hooks -----------------------------------------------------------------------------------------
     def _datamodule(self, trainer: pl.Trainer) -> Any:
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "skill_val_batches"):
+        if dm is None or not getattr(dm, "samples_by_skill", False):
             raise DataError(
-                f"{type(self).__name__} needs a skill-aware data module (data=lego, addition or skills_jsonl), got "
-                f"{type(dm).__name__}; pick a skills data config or curriculum=none"
+                f"{type(self).__name__} needs a skill-aware data module (data=lego, addition or skills_jsonl; or "
+                "prompt records with a `skill` field, data.format=prompt, and data.mixture set, which the "
+                f"curriculum configs do), got {type(dm).__name__} without; pick such data or curriculum=none"
             )
         return dm
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = self._datamodule(trainer)
+        self.signal_used = resolve_signal(self.signal, dm, pl_module)
+        updates = int(getattr(pl_module, "optimizer_steps_per_batch", 1) or 1)
+        if self.eval_every % updates:
+            raise DataError(f"curriculum.callback.eval_every={self.eval_every} must be a multiple of the "
+                            f"optimizer updates per batch ({updates}, method.ppo_epochs): steps advance by {updates}")
         if not dm.restored and not self.mixtures:
             self.start(trainer, pl_module, dm)
             self._record_mixture(trainer, dm, 0, 0)
@@ -160,30 +226,44 @@ class SkillEvalCallback(Callback):
         out = Path(trainer.default_root_dir)
         names = self._datamodule(trainer).skill_names
         atomic_write_text(out / "skills.json", json.dumps(
-            {"skills": names, "evals": self.evals, "mixtures": self.mixtures}, indent=1) + "\n")
-        plot_skill_history(self.evals, self.mixtures, names, out, title=run_title(out))
-        log_images(trainer, {"skill_accuracy": out / "skill_accuracy.png", "skill_mixture": out / "skill_mixture.png"})
+            {"skills": names, "signal": self.signal_used, "evals": self.evals, "mixtures": self.mixtures},
+            indent=1) + "\n")
+        metric = self._metric()
+        plot_skill_history(self.evals, self.mixtures, names, out, title=run_title(out), metric=metric)
+        per_skill = "skill_reward" if metric == "reward" else "skill_accuracy"
+        log_images(trainer, {per_skill: out / f"{per_skill}.png", "skill_mixture": out / "skill_mixture.png"})
 
     # ---- internals ---------------------------------------------------------------------------------------
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         dm = self._datamodule(trainer)
-        loss, acc = evaluate_skills(trainer, pl_module, dm)
+        metric = self._metric()
+        if metric == "reward":  # L_j = reward_max - r_j: high = still to learn, as a loss (module docstring)
+            acc = evaluate_skill_rewards(trainer, pl_module, dm)
+            loss = self.reward_max - acc
+        else:
+            loss, acc = evaluate_skills(trainer, pl_module, dm)
         self.skill_names = list(dm.skill_names)
-        self.evals.append({"step": step, "loss": loss.tolist(), "acc": acc.tolist()})
+        self.evals.append({"step": step, "loss": loss.tolist(), metric: acc.tolist()})
         self.last_eval_step = step
         metrics = {f"skill/loss_{n}": float(x) for n, x in zip(dm.skill_names, loss)}
-        metrics.update({f"skill/acc_{n}": float(x) for n, x in zip(dm.skill_names, acc)})
-        metrics["skill/acc_mean"] = float(acc.mean())
+        metrics.update({f"skill/{metric}_{n}": float(x) for n, x in zip(dm.skill_names, acc)})
+        metrics[f"skill/{metric}_mean"] = float(acc.mean())
         metrics.update({f"skill/weight_{n}": float(x) for n, x in zip(dm.skill_names, dm.current_weights())})
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
+
+    def _metric(self) -> str:
+        """What an evaluation records next to the loss: `acc` (greedy answer accuracy) or `reward`."""
+        return "reward" if self.signal_used == "reward" else "acc"
 
     def _record_mixture(self, trainer: pl.Trainer, dm: Any, step: int, position: int) -> None:
         """`step`: when the change was decided; `applies_from_step`: the first step trained on the new mixture
         only (samples up to `position` were drawn, some prefetched, with the old one)."""
         w = [float(x) for x in dm.current_weights()]
         per_step = int(dm.batch_size) * int(trainer.accumulate_grad_batches) * int(trainer.world_size)
-        applies = max(step, -(-int(position) // per_step))  # ceil
+        module = getattr(trainer, "lightning_module", None)
+        updates = int(getattr(module, "optimizer_steps_per_batch", 1) or 1)  # GRPO: ppo_epochs per batch
+        applies = max(step, -(-int(position) // per_step) * updates)  # ceil
         self.mixtures.append({"step": step, "applies_from_step": applies, "position": int(position), "weights": w})
         round_len = max(1, int(trainer.max_steps) // max(1, int(getattr(self, "rounds", 1))))
         if applies - step > 0.1 * round_len:
@@ -209,11 +289,12 @@ class SkillEvalCallback(Callback):
         if not self.evals:
             return {}
         last = self.evals[-1]
-        names = self.skill_names or [f"skill{i + 1}" for i in range(len(last["acc"]))]
-        out: dict[str, Any] = {f"skill/acc_{n}": a for n, a in zip(names, last["acc"])}
+        metric = "reward" if "reward" in last else "acc"
+        names = self.skill_names or [f"skill{i + 1}" for i in range(len(last[metric]))]
+        out: dict[str, Any] = {f"skill/{metric}_{n}": a for n, a in zip(names, last[metric])}
         out.update({f"skill/loss_{n}": x for n, x in zip(names, last["loss"])})
-        out["skill/acc_mean"] = float(np.mean(last["acc"]))
+        out[f"skill/{metric}_mean"] = float(np.mean(last[metric]))
         half = min(self.evals, key=lambda e: abs(e["step"] - last["step"] / 2))
-        out["skill/acc_mean_half"] = float(np.mean(half["acc"]))
+        out[f"skill/{metric}_mean_half"] = float(np.mean(half[metric]))
         out["skill/half_step"] = half["step"]
         return out

@@ -22,12 +22,14 @@ class SkillItCallback(SkillEvalCallback):
 
     graph: a `[k, k]` list or a path to a yaml/json file holding one (e.g. written by
     scripts/learn_skills_graph.py); null = the data config's `skills_graph`. target_skills: indices (or
-    skill names) whose columns count (fine-tuning for targets); null = all.
+    skill names) whose columns count (fine-tuning for targets); null = all. signal, reward_max: the per-skill
+    L_j (answer-token loss, or reward_max − mean greedy reward on RL prompts; src/callbacks/skills/evaluation.py).
     """
 
     def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
-                 graph: Any = None, target_skills: list[int | str] | None = None, eval_at_start: bool = True) -> None:
-        super().__init__(eval_every, eval_at_start)
+                 graph: Any = None, target_skills: list[int | str] | None = None, eval_at_start: bool = True,
+                 signal: str = "auto", reward_max: float = 1.0) -> None:
+        super().__init__(eval_every, eval_at_start, signal, reward_max)
         if rounds < 1 or window < 1 or eta < 0:
             raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")
         self.eta, self.rounds, self.window = float(eta), int(rounds), int(window)

@@ -230,3 +230,17 @@ def test_rl_stage_curves_against_a_logged_budget_smoothed(tmp_path, capsys) -> N
         assert message in capsys.readouterr().err
     assert main([str(sweep), "--stage", "sft"]) == 2
     assert "--stage sft: no job has a sft/ sub-directory" in capsys.readouterr().err
+
+
+def test_runs_placed_with_paths_output_dir_are_grouped_by_their_command_line(tmp_path, capsys) -> None:
+    """`train.py ... paths.output_dir=DIR` leaves Hydra's .hydra/ elsewhere: the overrides come from command.txt."""
+    for cur, seed, acc in (("skillit", 1, 0.5), ("skillit", 2, 0.7), ("random", 1, 0.2)):
+        run = tmp_path / f"{cur}_s{seed}"
+        run.mkdir()
+        (run / "command.txt").write_text(f"train.py experiment=grpo/arith_skillit curriculum={cur} seed={seed} "
+                                         f"paths.output_dir={run} 'callbacks.progress_bar=null'\n")
+        (run / "metrics.json").write_text(json.dumps({"finetune/arith/acc": acc}))
+    runs = sorted(str(p) for p in tmp_path.iterdir())
+    assert main([*runs, "--group", "curriculum", "--percent", "--out", str(tmp_path / "r")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| random | 1 | 20.0 (1) |" and lines[3] == "| skillit | 1,2 | 60.0 ± 14.1 (2) |"

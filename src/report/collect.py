@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return out
 
 
+def command_overrides(path: Path) -> dict[str, str]:
+    """The overrides of the `command.txt` train.py writes (`train.py a=1 seed=2 paths.output_dir=...`), paths.*
+    left out (where a run was written is not what it was); {} when there is none."""
+    try:
+        words = shlex.split(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in parse_overrides([w for w in words[1:] if "=" in w or w.startswith("~")]).items()
+            if not k.startswith(("paths.", "hydra."))}
+
+
 @dataclass
 class Job:
     dir: Path
@@ -52,7 +64,10 @@ class Job:
     @classmethod
     def read(cls, run_dir: Path) -> Job:
         ov_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = parse_overrides(yaml.safe_load(ov_file.read_text()) or []) if ov_file.is_file() else {}
+        if ov_file.is_file():
+            overrides = parse_overrides(yaml.safe_load(ov_file.read_text()) or [])
+        else:  # a run placed with paths.output_dir keeps Hydra's files elsewhere; its command line says the same
+            overrides = command_overrides(run_dir / "command.txt")
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file():
             return cls(run_dir, overrides, None, "no metrics.json")

@@ -67,7 +67,7 @@ def test_base_weights_load_under_the_adapters_and_pads_start_from_eos() -> None:
 def test_merged_state_is_the_same_model() -> None:
     model = _lora(_base())
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))  # trained-looking adapters and rows
     plain = CompactTransformer(**SIZE)

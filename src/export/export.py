@@ -50,7 +50,7 @@ def export_model(
     src = locate(source, config)
     cfg = load_config(src.config_path)
     kind = architecture(str(cfg.model._target_))
-    if kind == "compact" and not cfg.model.get("causal", True):
+    if not cfg.model.get("causal", True):  # compact or HF (model.causal=false): no HF class runs it
         llama_mapping.llama_config_kwargs(cfg.model, {})  # raises the bidirectional message
     if merge and not cfg.model.get("lora"):
         raise ExportError("--merge applies to LoRA runs (model.lora set); this run trained all weights, so its "

@@ -1,6 +1,6 @@
 """A LoRA run on the compact transformer exports merged (adapters and trained token rows folded into a plain
 LlamaForCausalLM): plain transformers gives tokensmith's log-probs and greedy tokens. A bidirectional (mdlm) LoRA
-run is refused with the one bidirectional message."""
+run (compact or HF, model.causal=false) is refused with the one bidirectional message."""
 
 from __future__ import annotations
 
@@ -45,10 +45,12 @@ def test_compact_lora_exports_merged(tmp_path: Path) -> None:
     assert_same(tokensmith_numbers(backbone, tok, batch, prompts), result["merged"], batch, tok)
 
 
-def test_bidirectional_lora_run_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["src.models.components.transformer.CompactTransformer",
+                                    "src.models.components.hf_adapter.HFBackbone"], ids=["compact", "hf"])
+def test_bidirectional_lora_run_is_refused(tmp_path: Path, target: str) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    OmegaConf.save({"model": {"_target_": "src.models.components.transformer.CompactTransformer", "causal": False,
+    OmegaConf.save({"model": {"_target_": target, "causal": False,
                               "lora": {"r": 4, "trainable_token_indices": "pads"}}}, run / "config_resolved.yaml")
     torch.save({"state_dict": {"backbone.x": torch.zeros(1)}}, run / "checkpoints" / "last.ckpt")
     for merge in (False, True):

@@ -123,7 +123,11 @@ class HFBackbone(nn.Module):
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            hf = get_peft_model(hf, LoraConfig(**_plain(lora)))
+            lora = dict(_plain(lora))
+            if "token_init" in lora:
+                raise ValueError("model.lora.token_init is the compact transformer's (compact_lora.py); for an HF "
+                                 "model use peft's own keys (trainable_token_indices starts from the base rows)")
+            hf = get_peft_model(hf, LoraConfig(**lora))
         self.model = hf
 
     # --- module lookup (works with and without a peft wrapper) --------------------------------------------

@@ -101,10 +101,11 @@ def apply_lora(model: nn.Module, lora: Mapping[str, Any]) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     cfg = dict(plain_container(lora))
-    ids, _ = cfg.pop("trainable_token_indices", None), cfg.pop("token_init", None)
-    if isinstance(ids, str):
-        raise ValueError(f"model.lora.trainable_token_indices={ids!r} is a token name that was not resolved to ids; "
-                         "build the model through the run (src/runtime/build.py) or pass a list of ids")
+    ids, init = cfg.pop("trainable_token_indices", None), cfg.pop("token_init", None)
+    for key, value in (("trainable_token_indices", ids), ("token_init", init)):
+        if isinstance(value, str) and value != "keep":
+            raise ValueError(f"model.lora.{key}={value!r} is a token name that was not resolved to ids; build the "
+                             "model through the run (src/runtime/build.py) or pass ids")
     cfg.setdefault("target_modules", list(DEFAULT_TARGETS))
     vocab = model.embed.weight.shape[0]
     if ids is not None:

@@ -53,6 +53,11 @@ CASES = [
      "needs a canvas of"),
     ("Rainbow padding with K < 1 pads", ["experiment=rainbow/copy", "data.n_pads=0"],
      "rainbow padding needs at least one pad token"),
+    ("Skill-It over RL prompts that have no skill", ["data=prompts_jsonl", "data.source.path={tmp}/prompts.jsonl",
+                                                    "method=grpo", "reward=arith", "curriculum=skillit"],
+     "training records have no skill"),
+    ("Skill-It's loss signal on GRPO prompts", ["experiment=grpo/arith_skillit", "curriculum.callback.signal=loss"],
+     "use method=grpo with signal=reward"),
     ("truncated checkpoint", ["ckpt_path={tmp}/truncated.ckpt"], "is truncated or not a checkpoint"),
     ("checkpoint from another model", ["model.d_model=64", "ckpt_path={tmp}/trained"],
      "was written by a different model"),
@@ -64,6 +69,8 @@ def _prepare(tmp: Path) -> None:
     (tmp / "empty.jsonl").write_text("")
     pair = {"prompt": "p", "chosen": "a b", "rejected": "c d"}
     (tmp / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for _ in range(20)))
+    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "answer": 2 * i}) + "\n"
+                                              for i in range(40)))
     (tmp / "empty_response.jsonl").write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "chosen": ""}) + "\n")
     trained = tmp / "trained"
     proc = subprocess.run([sys.executable, "train.py", *BASE, "trainer.max_steps=2", f"hydra.run.dir={trained}"],

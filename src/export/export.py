@@ -14,6 +14,7 @@ from src.export import hf_backbone, llama_mapping
 from src.export.errors import ExportError
 from src.export.source import consolidated, load_backbone_state, load_config, locate
 from src.export.writer import check_target, staged, write_manifest
+from src.models.components.compact_lora import merge_lora_state
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ def export_model(
     src = locate(source, config)
     cfg = load_config(src.config_path)
     kind = architecture(str(cfg.model._target_))
-    if kind == "compact" and not cfg.model.get("causal", True):
+    if not cfg.model.get("causal", True):  # compact or HF (model.causal=false): no HF class runs it
         llama_mapping.llama_config_kwargs(cfg.model, {})  # raises the bidirectional message
-    if merge and not (kind == "hf" and cfg.model.get("lora")):
+    if merge and not cfg.model.get("lora"):
         raise ExportError("--merge applies to LoRA runs (model.lora set); this run trained all weights, so its "
                           "export is already the full model: drop --merge")
 
@@ -67,10 +68,13 @@ def export_model(
     }
     with staged(out, overwrite) as stage:
         if kind == "compact":
+            lora = cfg.model.get("lora")
+            if lora:  # always merged: a Llama adapter cannot reproduce the compact model's token-row swap
+                state = merge_lora_state(state, lora)
             model = llama_mapping.build_llama(cfg.model, state, ids)
             _check_vocab(tokenizer, model.config.vocab_size)
             model.save_pretrained(str(stage))
-            manifest["kind"] = "full"
+            manifest["kind"] = "merged_lora" if lora else "full"
         else:
             backbone = hf_backbone.build_backbone(cfg.model, state, tokenizer.vocab_size)
             _check_vocab(tokenizer, backbone.vocab_size)

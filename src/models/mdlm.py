@@ -1,8 +1,8 @@
 """Masked-diffusion LM objective (`method=mdlm`; LLaDA-style SFT, Rainbow Padding's model family; docs/mdlm.md).
 
-A bidirectional backbone (the compact transformer with `model.causal=false`) learns to predict the clean token at
-every [MASK] position. Each training step samples the forward process of src/losses/mdlm.py (one t per sequence,
-prompt never masked) and takes the LLaDA SFT loss, whose per-token CE comes from the fused log-prob kernel
+A bidirectional backbone (the compact transformer or an HF model with `model.causal=false`) learns to predict the
+clean token at every [MASK] position. Each training step samples the forward process of src/losses/mdlm.py (one t
+per sequence, prompt never masked) and takes the LLaDA SFT loss, whose per-token CE comes from the fused log-prob kernel
 (`batch_logprobs`: hidden states + output weight, never [B, T, V] logits). The loss is a sum over sequences with
 the sequence count as denominator, so with `loss_normalization=step` the trained loss is the exact mean over
 every sequence of the optimizer step, however the batch is split over micro-batches and ranks.
@@ -60,7 +60,8 @@ class MaskedDiffusionModule(Objective):
     ) -> None:
         if getattr(backbone, "causal", True):
             raise ValueError("method=mdlm needs a bidirectional backbone: set model.causal=false (the compact "
-                             "transformer; experiment=rainbow/copy does)")
+                             "transformer, experiment=rainbow/copy does; or an HF Llama-family model, "
+                             "model=hf_llama_tiny)")
         if mask_scope not in MASK_SCOPES:
             raise ValueError(f"method.mask_scope={mask_scope!r} is not one of {MASK_SCOPES} (answer: SFT, prompt "
                              "never masked; all: pretraining, every real token maskable)")

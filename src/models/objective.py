@@ -322,10 +322,10 @@ class Objective(pl.LightningModule, abc.ABC):
     def load_backbone_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         """Start training from `state` (a recipe stage's starting point, a fine-tune's pretrained weights): the
         policy loads it, and so does every frozen reference copy, which was taken when the objective was built
-        (from the initialisation) and must be "the starting policy" (src/models/reference.py)."""
-        self.backbone.load_state_dict(state)
-        for ref in self.reference_models():
-            ref.load_state_dict(state)
+        (from the initialisation) and must be "the starting policy" (src/models/reference.py). A backbone with
+        `load_base_state_dict` (the compact transformer: plain weights under its LoRA adapters) loads it that way."""
+        for model in (self.backbone, *self.reference_models()):
+            getattr(model, "load_base_state_dict", model.load_state_dict)(state)
 
     def reference_models(self) -> list[nn.Module]:
         """Frozen models this objective holds besides the backbone (a `ReferenceModel` in `copy` mode,

@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.cache import atomic_write_text
-from src.runtime.build import build_components, fit
+from src.runtime.build import build_components, fit, write_run_metadata
 from src.runtime.checkpoints import ensure_fresh_run_dir, is_checkpoint
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Pa
     if ckpt is None:
         ensure_fresh_run_dir(ft_cfg.paths.output_dir)
         module.load_backbone_weights(pretrained.backbone.state_dict())
+    if trainer.global_rank == 0:  # the stage's own config, so its dir is a run dir (python -m src.export)
+        write_run_metadata(ft_cfg, Path(ft_cfg.paths.output_dir))
     log.info("fine-tuning stage -> %s", ft_cfg.paths.output_dir)
     fit(trainer, module, datamodule, ckpt)
     pre_file, ft_file = output_dir / "metrics.json", Path(ft_cfg.paths.output_dir) / "metrics.json"

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks.accumulation import AccumulationAlignment
 from src.callbacks.artifacts import RunArtifacts
+from src.models.components.compact_lora import TOKEN_KEYS, resolve_token_names
 from src.runtime.checkpoint_io import AtomicCheckpointIO
 from src.runtime.checkpoints import CheckpointMismatchError, mismatch_message
 from src.runtime.errors import ConfigError
@@ -71,13 +72,26 @@ def curriculum_applies(cfg: DictConfig) -> bool:
     return not (stage == "finetune" and cfg.get("finetune"))
 
 
+def lora_token_ids(model_cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
+    """`model.lora` with its token names (`trainable_token_indices: pads`, `token_init: eos`) replaced by this
+    tokenizer's ids, as an instantiate override; {} when nothing is named (src/models/components/compact_lora.py)."""
+    lora = model_cfg.get("lora")
+    if not lora or not any(isinstance(lora.get(k), str) for k in TOKEN_KEYS):
+        return {}
+    names = {"pads": tokenizer.reserved_pad_ids, "eos": tokenizer.eos_id, "mask": tokenizer.mask_id}
+    try:
+        return {"lora": resolve_token_names(lora, names)}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate data → tokenizer → backbone → objective → trainer, in the order their sizes depend on."""
     datamodule = instantiate(cfg.data, _convert_="all")
     tokenizer = datamodule.tokenizer
     # `vocab_size: ???` = size the model to the tokenizer; pretrained models keep their own (null).
     sized = {"vocab_size": tokenizer.vocab_size} if OmegaConf.is_missing(cfg.model, "vocab_size") else {}
-    backbone = instantiate(cfg.model, **sized)
+    backbone = instantiate(cfg.model, **sized, **lora_token_ids(cfg.model, tokenizer))
     tokenizer.check_vocab(backbone.vocab_size)
     module = instantiate(cfg.method, backbone=backbone, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

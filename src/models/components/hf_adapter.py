@@ -54,6 +54,10 @@ class HFBackbone(nn.Module):
     embeddings (pretrained) or sets the config (from a dict) so the model matches our tokenizer. lora is a dict of
     `peft.LoraConfig` kwargs; with it only the LoRA parameters are trainable.
 
+    causal=False makes it bidirectional (masked-diffusion models, `method=mdlm`): every forward hands the decoder a
+    4D mask without the causal part (padding and packed documents still masked), which transformers uses as-is
+    instead of building its causal one. Works for models that take a 4D mask (Llama family, sdpa or eager).
+
     keep_layers=N keeps only the first N decoder layers (and the final norm and head): a cheaper model that still
     carries the pretrained embeddings and early attention heads, for pilots on CPU (docs/models.md).
     """
@@ -71,8 +75,13 @@ class HFBackbone(nn.Module):
         attn_implementation: str = "sdpa",
         cache_dir: str | None = None,
         keep_layers: int | None = None,
+        causal: bool = True,
     ) -> None:
         super().__init__()
+        if not causal and attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"model.causal=false needs model.attn_implementation=sdpa or eager (a 4D mask the "
+                             f"attention uses as-is), got {attn_implementation!r}")
+        self._causal = bool(causal)
         from transformers import AutoConfig, AutoModelForCausalLM
 
         model = _plain(model)
@@ -114,7 +123,11 @@ class HFBackbone(nn.Module):
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            hf = get_peft_model(hf, LoraConfig(**_plain(lora)))
+            lora = dict(_plain(lora))
+            if "token_init" in lora:
+                raise ValueError("model.lora.token_init is the compact transformer's (compact_lora.py); for an HF "
+                                 "model use peft's own keys (trainable_token_indices starts from the base rows)")
+            hf = get_peft_model(hf, LoraConfig(**lora))
         self.model = hf
 
     # --- module lookup (works with and without a peft wrapper) --------------------------------------------
@@ -142,7 +155,7 @@ class HFBackbone(nn.Module):
 
     @property
     def causal(self) -> bool:
-        return True
+        return self._causal
 
     @property
     def vocab_size(self) -> int:
@@ -160,8 +173,8 @@ class HFBackbone(nn.Module):
         segment_ids: Tensor | None = None,  # [B, T] packed documents, 0 = pad
     ) -> Tensor:  # [B, T, d] after the final norm
         mask: Tensor | None = attention_mask
-        if segment_ids is not None:
-            mask = self._segment_mask(attention_mask, segment_ids)
+        if segment_ids is not None or not self._causal:
+            mask = self._segment_mask(attention_mask, segment_ids, input_ids)
         try:
             out = self.decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         except Exception as err:  # surface *why* a packed batch failed instead of a deep HF stack trace
@@ -173,13 +186,17 @@ class HFBackbone(nn.Module):
             raise
         return out.last_hidden_state
 
-    def _segment_mask(self, attention_mask: Tensor | None, segment_ids: Tensor) -> Tensor:
-        """Block-diagonal causal mask in the format the configured attention implementation reads as-is."""
+    def _segment_mask(self, attention_mask: Tensor | None, segment_ids: Tensor | None, input_ids: Tensor) -> Tensor:
+        """The 4D mask (block-diagonal for packed rows; causal unless the backbone is bidirectional) in the format
+        the configured attention implementation reads as-is: transformers skips its own causal mask for a 4D one,
+        which is what makes `causal=False` bidirectional."""
         impl = self.config._attn_implementation
-        b, t = segment_ids.shape
+        b, t = input_ids.shape
         allowed, _ = sdpa_mask(
-            attention_mask, segment_ids, causal=True, q_len=t, kv_len=t, device=segment_ids.device
-        )  # [B, 1, T, T] bool, True = attend
+            attention_mask, segment_ids, causal=self._causal, q_len=t, kv_len=t, device=input_ids.device
+        )  # [B|1, 1, T, T] bool, True = attend
+        if allowed is None:  # sdpa_mask's fast path: nothing to mask (no padding, bidirectional)
+            allowed = torch.ones(1, 1, t, t, dtype=torch.bool, device=input_ids.device)
         if impl == "sdpa":
             return allowed
         if impl == "eager":  # eager adds the mask to the scores
@@ -199,6 +216,8 @@ class HFBackbone(nn.Module):
         position_ids: Tensor,  # [B, T_new]
         cache: Any | None,  # transformers Cache (DynamicCache) or None to start
     ) -> tuple[Tensor, Any]:
+        if not self._causal:
+            raise ValueError("forward_cached needs a causal model; bidirectional models are sampled by diffusion")
         out = self.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,

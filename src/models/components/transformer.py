@@ -2,12 +2,15 @@
 
 It satisfies the Backbone contract (docs/contracts.md): `forward` returns the final-normed hidden states
 [B, T, d] and never the logits, so objectives can hand `hidden` and `output_weight` to the fused kernels without
-materialising [B, T, V]. `causal=False` makes it bidirectional for masked-diffusion models.
+materialising [B, T, V]. `causal=False` makes it bidirectional for masked-diffusion models. `lora={...}` wraps its
+projections in peft LoRA adapters and can train chosen token rows (src/models/components/compact_lora.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +141,7 @@ class CompactTransformer(nn.Module):
         dropout: float = 0.0,
         init_std: float = 0.02,
         gradient_checkpointing: bool = False,
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
@@ -158,6 +162,27 @@ class CompactTransformer(nn.Module):
         # Never called in forward: the objective multiplies hidden by output_weight (fused kernels).
         self.lm_head = None if tie_embeddings else nn.Parameter(torch.empty(vocab_size, d_model))
         self._init_weights(init_std)
+        self.token_rows = None  # compact_lora.TokenRows when LoRA trains token rows
+        self.lora_token_init = None
+        if lora:  # after the init: LoRA B starts at 0, so the wrapped model computes the base's function
+            from src.models.components.compact_lora import apply_lora
+
+            apply_lora(self, lora)
+            self.lora_token_init = dict(lora).get("token_init")
+
+    @property
+    def is_lora(self) -> bool:
+        return any(".lora_" in n for n, _ in self.named_parameters())
+
+    def load_base_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Start from a model's weights: as they are, or, for a LoRA model, a plain compact state dict loaded
+        under the adapters (their token rows re-initialised by `lora.token_init`; compact_lora.py)."""
+        if not self.is_lora or set(state) == set(self.state_dict()):
+            self.load_state_dict(state)
+            return
+        from src.models.components.compact_lora import load_base_state_dict
+
+        load_base_state_dict(self, state, self.lora_token_init)
 
     def _init_weights(self, std: float) -> None:
         """N(0, std) everywhere; residual output projections scaled by 1/sqrt(2·n_layers) (GPT-2) so the
@@ -170,8 +195,13 @@ class CompactTransformer(nn.Module):
 
     # --- Backbone contract ---------------------------------------------------------------------------------
     @property
-    def output_weight(self) -> Tensor:  # [V, d]
-        return self.embed.weight if self.lm_head is None else self.lm_head
+    def output_weight(self) -> Tensor:  # [V, d]; LoRA token rows swapped in (compact_lora.py)
+        if self.token_rows is None:
+            return self.embed.weight if self.lm_head is None else self.lm_head
+        if self.lm_head is not None:
+            return self.token_rows.swap_head(self.lm_head)
+        emb = self.embed.token_adapter  # tied: the embedding's rows, delta included
+        return emb.base_layer.weight.index_copy(0, self.token_rows.ids, emb.trainable_tokens_delta["default"])
 
     @property
     def output_bias(self) -> Tensor | None:

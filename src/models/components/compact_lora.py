@@ -118,7 +118,16 @@ def apply_lora(model: nn.Module, lora: Mapping[str, Any]) -> None:
         config = LoraConfig(**cfg)
     except TypeError as err:
         raise ValueError(f"model.lora has a key peft.LoraConfig does not take ({err}); see docs/models.md") from None
-    inject_adapter_in_model(config, model)
+    except ValueError as err:  # peft's own checks, e.g. r <= 0
+        raise ValueError(f"model.lora: {err}") from None
+    try:
+        inject_adapter_in_model(config, model)
+    except ValueError as err:  # peft: no target module exists in this model, or a bad value such as r <= 0
+        if "not found" not in str(err):
+            raise ValueError(f"model.lora: {err}") from None
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"model.lora.target_modules={list(plain_container(cfg['target_modules']))}: {err} "
+                         f"This model's projections are {names}.") from None
     if ids is not None:
         model.token_rows = TokenRows(ids, model.lm_head)
 

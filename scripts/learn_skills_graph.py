@@ -100,7 +100,8 @@ def main() -> None:
     cfg = compose_cfg(list(args.overrides), tmp)
     torch.manual_seed(cfg.seed)
     dm = instantiate(cfg.data, _convert_="all")
-    if not hasattr(dm, "skill_val_batches"):
+    # Skill records with answer losses (SkillDataModule); RL prompts sample by skill too, but have no answer loss
+    if not hasattr(dm, "skill_val_batches") or "loss" not in getattr(dm, "skill_signals", ("loss",)):
         raise SystemExit("learning a skills graph needs a skills data config (data=lego|addition|skills_jsonl)")
     dm.setup("fit")
     sized = {"vocab_size": dm.tokenizer.vocab_size} if OmegaConf.is_missing(cfg.model, "vocab_size") else {}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from src.runtime.build import build_components
@@ -29,7 +30,8 @@ def _backbone_state(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_retrofit_trains_only_adapters_and_pad_rows_on_the_eos_model(run_dir: Path) -> None:
-    metrics = run_training(compose_cfg(RETROFIT, run_dir))
+    cfg = compose_cfg(RETROFIT, run_dir)
+    metrics = run_training(cfg)
     saved = json.loads((run_dir / "metrics.json").read_text())
     for m in (1, 2):  # stage 1 = the EOS row, stage 2 = the retrofit row, one metrics.json
         assert f"eval/len@{m}x" in saved and 0.0 <= saved[f"finetune/eval/exact@{m}x"] <= 1.0
@@ -45,8 +47,13 @@ def test_retrofit_trains_only_adapters_and_pad_rows_on_the_eos_model(run_dir: Pa
         if ".lora_" in key or "delta" in key or key.startswith("token_rows."):
             continue
         assert torch.equal(value, eos[key.replace(".base_layer", "").replace(".token_adapter", "")]), key
-    # the pad rows are their own (started from the end token's, then trained); the adapters trained
-    assert (lora["token_rows.head_delta"] - eos["lm_head"][pads]).abs().min() > 0
+    # the pad rows started at their own base rows + the end token's (token_init: eos) and then trained; so did the
+    # adapters (lora_B starts at 0)
+    eos_id = instantiate(cfg.data, _convert_="all").tokenizer.eos_id
+    start_head = eos["lm_head"][pads] + eos["lm_head"][eos_id]  # [K, d]
+    start_embed = eos["embed.weight"][pads] + eos["embed.weight"][eos_id]  # [K, d]
+    assert (lora["token_rows.head_delta"] - start_head).abs().amax(dim=1).min() > 0  # every pad's head row moved
+    assert (lora["embed.token_adapter.trainable_tokens_delta.default"] - start_embed).abs().max() > 0
     assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)
 
 

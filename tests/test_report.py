@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import types
@@ -240,7 +241,14 @@ def test_runs_placed_with_paths_output_dir_are_grouped_by_their_command_line(tmp
         (run / "command.txt").write_text(f"train.py experiment=grpo/arith_skillit curriculum={cur} seed={seed} "
                                          f"paths.output_dir={run} 'callbacks.progress_bar=null'\n")
         (run / "metrics.json").write_text(json.dumps({"finetune/arith/acc": acc}))
+    (tmp_path / "skillit_s2" / "command.txt").write_text(shlex.join(  # as train.py writes it now: shell-quoted
+        ["train.py", "experiment=grpo/arith_skillit", "curriculum=skillit", "seed=2", "+skillit={eta: 2.0}"]))
     runs = sorted(str(p) for p in tmp_path.iterdir())
     assert main([*runs, "--group", "curriculum", "--percent", "--out", str(tmp_path / "r")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| random | 1 | 20.0 (1) |" and lines[3] == "| skillit | 1,2 | 60.0 ± 14.1 (2) |"
+    assert load_jobs([tmp_path / "skillit_s2"])[0].overrides["skillit"] == "{eta: 2.0}"
+
+    (tmp_path / "random_s1" / "command.txt").write_text("train.py -m curriculum=random,skillit seed=1\n")
+    assert main([*runs, "--group", "curriculum"]) == 2  # a multirun's line says nothing of this job's values
+    assert "is a multirun's command line" in capsys.readouterr().err

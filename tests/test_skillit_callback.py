@@ -165,3 +165,28 @@ def test_mixture_switch_reduces_an_exact_position_on_the_strategy_device() -> No
     assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.long
     assert dm.pos == pos
     assert cb.mixtures[-1]["applies_from_step"] == -(-pos // 16)  # 16 samples per optimizer step
+
+
+def test_every_rank_runs_as_many_evaluation_batches_as_the_busiest_one() -> None:
+    """Sharded strategies gather parameters in every forward: a rank with one batch fewer than the others would
+    hang them. The short rank repeats the skill's first batch, and those repeats do not count."""
+    import types
+
+    import torch
+
+    from src.callbacks.skills.evaluation import rank_batches
+
+    shards = {(0, 2): ["a0", "a1", "a2"], (1, 2): ["b0"], (0, 1): ["first", "x"]}  # (rank, world) -> batches
+    dm = types.SimpleNamespace(skill_val_batches=lambda skill, rank, world: iter(shards[(rank, world)]))
+    seen = []
+
+    def reduce(tensor, reduce_op):
+        seen.append((float(tensor), reduce_op))
+        return torch.tensor(3.0)  # the busiest rank has 3 batches
+
+    trainer = types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=torch.device("cpu"), reduce=reduce))
+    assert rank_batches(trainer, dm, 0, 1, 2) == [("b0", True), ("first", False), ("first", False)]
+    assert rank_batches(trainer, dm, 0, 0, 2) == [("a0", True), ("a1", True), ("a2", True)]
+    assert seen == [(1.0, torch.distributed.ReduceOp.MAX), (3.0, torch.distributed.ReduceOp.MAX)]
+    single = types.SimpleNamespace(strategy=None)  # one process: no collective at all
+    assert rank_batches(single, dm, 0, 0, 1) == [("first", True), ("x", True)]

@@ -4,6 +4,7 @@ decides which prompts GRPO trains on, resume keeps both; and the configs that co
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,22 @@ def test_skill_curriculum_adds_skills_from_the_highest_reward(straight, tmp_path
     assert [m["step"] for m in cb.mixtures] == [0, 0, 2, 4]  # fit start (uniform), then rounds 1-3
     np.testing.assert_allclose([m["weights"] for m in cb.mixtures[1:]],
                                [[1, 0, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3]])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["experiment=grpo/arith_skillit", "curriculum.callback.signal=loss"], "signal=loss is the answer-token loss"),
+    (["experiment=grpo/arith", "curriculum=anticurriculum"], "orders examples by a reference model's answer loss"),
+    (["experiment=rainbow/retrofit", "finetune.model.lora.token_init=eoz"], "'eoz' (fine-tuning stage): not a token"),
+    (["experiment=grpo/arith", "+finetune.optimizer.lr=1"], "finetune has unknown keys ['optimizer']"),
+])
+def test_a_second_stage_mistake_is_refused_before_the_first_stage_trains(overrides: list[str], message: str,
+                                                                        tmp_path: Path) -> None:
+    """The callback or the model would refuse these only when stage 2 starts, after all of stage 1's training."""
+    from src.recipes.finetune import preflight
+    from src.runtime.errors import ConfigError
+
+    cfg = compose_cfg([*overrides, "debug=smoke"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        preflight(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    preflight(compose_cfg(["experiment=grpo/arith_skillit", "debug=smoke"], tmp_path / "ok"), tmp_path / "ok")

@@ -26,9 +26,12 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks.skills.evaluation import curriculum_config_problem
 from src.data.cache import atomic_write_text
-from src.runtime.build import build_components, fit, write_run_metadata
+from src.models.components.compact_lora import TOKEN_KEYS
+from src.runtime.build import build_components, curriculum_applies, fit, write_run_metadata
 from src.runtime.checkpoints import ensure_fresh_run_dir, is_checkpoint
+from src.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("data", "trainer", "method", "callbacks", "model")
@@ -52,6 +55,28 @@ def finetune_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
     merged = OmegaConf.merge(OmegaConf.create(base), {k: ft[k] for k in ft})
     merged.paths.output_dir = str(output_dir / FINETUNE_DIR)
     return merged
+
+
+TOKEN_NAMES = ("pads", "eos", "mask", "keep")  # what model.lora's token keys may name (src/runtime/build.py)
+
+
+def preflight(cfg: DictConfig, output_dir: Path) -> None:
+    """Refuse, before stage 1 trains, what stage 2 would refuse only after it (hours of stage 1 at scale): unknown
+    `finetune` keys, a curriculum its data cannot drive, a LoRA token name no tokenizer has. ConfigError."""
+    try:
+        ft = finetune_config(cfg, output_dir)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if curriculum_applies(ft):
+        problem = curriculum_config_problem(ft.get("data"), ft.curriculum.get("callback"))
+        if problem:
+            raise ConfigError(f"the fine-tuning stage: {problem}")
+    lora = (ft.get("model") or {}).get("lora") or {}
+    for key in TOKEN_KEYS:
+        value = lora.get(key)
+        if isinstance(value, str) and value not in TOKEN_NAMES:
+            raise ConfigError(f"model.lora.{key}={value!r} (fine-tuning stage): not a token name; use a list of "
+                              f"ids or one of {list(TOKEN_NAMES[:-1])}")
 
 
 def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Path,

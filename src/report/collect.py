@@ -42,12 +42,20 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def command_overrides(path: Path) -> dict[str, str]:
-    """The overrides of the `command.txt` train.py writes (`train.py a=1 seed=2 paths.output_dir=...`), paths.*
-    left out (where a run was written is not what it was); {} when there is none."""
+    """The overrides of the `command.txt` train.py writes (`train.py a=1 seed=2 paths.output_dir=...`, shell-quoted;
+    runs before 2026-12-04 joined the words with spaces), paths.* left out (where a run was written is not what it
+    was); {} when there is none. A multirun's command line says what was swept, not this job's values: an error."""
     try:
-        words = shlex.split(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except OSError:
         return {}
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unquoted ' or " in an old, space-joined command line
+        words = text.split()
+    if "-m" in words or "--multirun" in words:
+        raise ReportError(f"{path.parent}: no .hydra/overrides.yaml, and {path.name} is a multirun's command line, "
+                          "which does not say this job's values; report on the multirun dir Hydra wrote instead")
     return {k: v for k, v in parse_overrides([w for w in words[1:] if "=" in w or w.startswith("~")]).items()
             if not k.startswith(("paths.", "hydra."))}
 

@@ -8,6 +8,7 @@ recipe, so recipes can import it without a circle.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ CURRICULUM_STAGES = ("all", "finetune")
 def curriculum_applies(cfg: DictConfig) -> bool:
     """Whether this stage gets the `curriculum=` callback. `curriculum_stage: finetune` (a two-stage experiment
     whose first stage has no skills, e.g. grpo/arith: SFT, then GRPO on skill-labelled prompts) keeps it for the
-    second stage, the config without a `finetune:` node left (src/recipes/finetune.py); `all` (default): every stage."""
+    second stage, the config without a `finetune:` node left (src/recipes/finetune.py); `all` (default): every stage.
+    Only the callback is withheld: a first-stage data config that reads `curriculum.mixture` (lego, addition,
+    skills_jsonl) would still sample by that fixed mixture, so such an experiment sets stage 1's `data.mixture`."""
     if not (cfg.get("curriculum") or {}).get("callback"):
         return False
     stage = cfg.get("curriculum_stage") or "all"
@@ -117,7 +120,7 @@ def write_run_metadata(cfg: DictConfig, output_dir: Path) -> None:
     """Rank 0 only: the resolved config and the command, so a run dir explains itself."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (output_dir / "command.txt").write_text(" ".join(sys.argv) + "\n")
+    (output_dir / "command.txt").write_text(shlex.join(sys.argv) + "\n")  # quoted: pasteable, and parseable
 
 
 def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,

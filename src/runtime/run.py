@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from src.recipes.finetune import FINETUNE_DIR, run_finetune
+from src.recipes.finetune import FINETUNE_DIR, preflight, run_finetune
 from src.recipes.registry import run_recipe
 from src.runtime.build import build_components, fit, write_run_metadata
 from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path
@@ -30,6 +30,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("recipe"):  # a multi-stage recipe owns its run dir and stages (src/recipes/)
         return run_recipe(cfg)
+    if cfg.get("finetune"):
+        preflight(cfg, output_dir)  # stage 2's config mistakes, refused before stage 1 trains
     ckpt = resolve_ckpt_path(
         cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
     ) or auto_resume_ckpt(output_dir, also=[FINETUNE_DIR] if cfg.get("finetune") else [])  # preempted / requeued

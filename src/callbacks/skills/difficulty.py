@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from src.callbacks.skills.evaluation import SkillEvalCallback
+from src.callbacks.skills.evaluation import DIFFICULTY_ON_PROMPTS, SkillEvalCallback
 from src.data.errors import DataError
 from src.models.logprobs import batch_logprobs
 
@@ -28,9 +28,7 @@ class DifficultyCurriculumCallback(SkillEvalCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = self._datamodule(trainer)
         if "loss" not in getattr(dm, "skill_signals", ("loss",)):
-            raise DataError("curriculum=curriculum|anticurriculum orders examples by a reference model's answer "
-                            "loss, which prompt data (data.format=prompt) has not; use curriculum=skillit, "
-                            "skill_curriculum, skill_anticurriculum, random or stratified")
+            raise DataError(DIFFICULTY_ON_PROMPTS)
         if not self.reference_ckpt or not Path(self.reference_ckpt).is_file():
             raise DataError(
                 f"curriculum by difficulty needs a reference model checkpoint, got {self.reference_ckpt!r}; train "

@@ -25,7 +25,8 @@ L_j = reward_max − r_j, so that every curriculum reads "high L = skill still t
 exp(η Σ A L) upweights low-reward skills). Greedy, not sampled: it is deterministic for given weights (two
 evaluations differ only because the policy did), it draws nothing from the rollout sampler's generator (so
 training rollouts and resume stay exactly as without the curriculum), it is one completion per prompt instead of
-G, and it is the same measure as `val/reward` and the held-out accuracy. A sampled estimate would track the
+G, and it is the measure `val/reward` and the held-out accuracy use (run outside Lightning's autocast: under
+bf16/16-mixed it decodes in full precision, so greedy choices can differ slightly). A sampled estimate would track the
 expected training reward more closely (a skill the greedy policy solves may still fail at temperature 1), at G
 times the cost and with a generator of its own to checkpoint. `auto` picks `reward` when the objective scores
 completions with a reward (it has `greedy_rewards`) and the data module serves prompts, else `loss`.
@@ -79,6 +80,21 @@ def answer_stats(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
                         (has_answer & (wrong == 0)).sum().float(), has_answer.sum().float()])
 
 
+def rank_batches(trainer: pl.Trainer, dm: Any, skill: int, rank: int, world: int) -> list[tuple[Any, bool]]:
+    """This rank's validation batches of `skill` as (batch, counts). Under several ranks, every rank gets as many
+    batches as the busiest one: a rank with fewer (a shard one item short, or none) repeats the skill's first batch,
+    marked not to count. Sharded strategies (FSDP, ZeRO-3) gather parameters in every forward, a collective that
+    hangs unless all ranks run the same number of forwards; one all-reduce of the count per skill buys that."""
+    batches = [(batch, True) for batch in dm.skill_val_batches(skill, rank, world)]
+    if world > 1:
+        local = torch.tensor(float(len(batches)), device=trainer.strategy.root_device)
+        most = int(trainer.strategy.reduce(local, reduce_op=torch.distributed.ReduceOp.MAX).item())
+        if len(batches) < most:
+            filler = next(iter(dm.skill_val_batches(skill, 0, 1)))  # every skill has validation items (checked)
+            batches += [(filler, False)] * (most - len(batches))
+    return batches
+
+
 def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-skill (answer-token loss [k], greedy exact-match accuracy [k]) over the whole validation set, all ranks
     together."""
@@ -87,9 +103,10 @@ def evaluate_skills(trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any)
     was_training = pl_module.training
     pl_module.eval()
     for j in range(dm.k):
-        for batch in dm.skill_val_batches(j, rank, world):
+        for batch, counts in rank_batches(trainer, dm, j, rank, world):
             batch = {key: v.to(pl_module.device) for key, v in batch.items()}
-            sums[j] += answer_stats(pl_module.backbone, batch)
+            stats = answer_stats(pl_module.backbone, batch)
+            sums[j] += stats if counts else 0
     pl_module.train(was_training)
     sums = trainer.strategy.reduce(sums, reduce_op="sum")  # identical on every rank
     loss = sums[:, 0] / sums[:, 1].clamp(min=1)  # [k] mean loss per answer token
@@ -107,14 +124,39 @@ def evaluate_skill_rewards(trainer: pl.Trainer, pl_module: pl.LightningModule, d
     was_training = pl_module.training
     pl_module.eval()
     for j in range(dm.k):
-        for batch in dm.skill_val_batches(j, rank, world):
+        for batch, counts in rank_batches(trainer, dm, j, rank, world):
             batch = {key: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
             rewards, valid = pl_module.greedy_rewards(batch)  # [B], [B]
-            sums[j, 0] += rewards[valid].double().sum()
-            sums[j, 1] += valid.double().sum()
+            if counts:
+                sums[j, 0] += rewards[valid].double().sum()
+                sums[j, 1] += valid.double().sum()
     pl_module.train(was_training)
     sums = trainer.strategy.reduce(sums, reduce_op="sum")
+    unscored = [dm.skill_names[j] for j in range(dm.k) if float(sums[j, 1]) == 0]
+    if unscored and trainer.global_rank == 0:  # reward 0 -> the largest L_j: the curriculum will push these skills
+        log.warning("per-skill reward: the reward scored none of %s's validation completions (every call failed or "
+                    "dropped them); counted as reward 0, so the curriculum upweights them", ", ".join(unscored))
     return (sums[:, 0] / sums[:, 1].clamp(min=1)).cpu().numpy()
+
+
+LOSS_ON_PROMPTS = ("curriculum.callback.signal=loss is the answer-token loss of skill records (data=lego, addition, "
+                   "skills_jsonl); prompt data (data.format=prompt) has no answer labels and is scored by a reward: "
+                   "use method=grpo with signal=reward (or auto)")
+DIFFICULTY_ON_PROMPTS = ("curriculum=curriculum|anticurriculum orders examples by a reference model's answer loss, "
+                         "which prompt data (data.format=prompt) has not; use curriculum=skillit, skill_curriculum, "
+                         "skill_anticurriculum, random or stratified")
+
+
+def curriculum_config_problem(data_cfg: Any, callback_cfg: Any) -> str | None:
+    """What the callback would refuse at fit start, read from the config alone (None: nothing seen), so that a
+    two-stage run can refuse it before its first stage trains (src/recipes/finetune.py)."""
+    if (data_cfg or {}).get("format") != "prompt":
+        return None
+    if str((callback_cfg or {}).get("_target_", "")).endswith("DifficultyCurriculumCallback"):
+        return DIFFICULTY_ON_PROMPTS
+    if (callback_cfg or {}).get("signal") == "loss":
+        return LOSS_ON_PROMPTS
+    return None
 
 
 def resolve_signal(signal: str, dm: Any, pl_module: pl.LightningModule) -> str:
@@ -124,9 +166,7 @@ def resolve_signal(signal: str, dm: Any, pl_module: pl.LightningModule) -> str:
     if signal == "auto":
         signal = "reward" if can_reward and "reward" in supported else "loss"
     if signal == "loss" and "loss" not in supported:
-        raise DataError("curriculum.callback.signal=loss is the answer-token loss of skill records (data=lego, "
-                        "addition, skills_jsonl); prompt data (data.format=prompt) has no answer labels and is "
-                        "scored by a reward: use method=grpo with signal=reward (or auto)")
+        raise DataError(LOSS_ON_PROMPTS)
     if signal == "reward" and "reward" not in supported:
         raise DataError("curriculum.callback.signal=reward scores completions of skill-labelled prompts "
                         "(data.format=prompt, method=grpo); this data module gives answer-token losses: use "

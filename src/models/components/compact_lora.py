@@ -38,6 +38,9 @@ from torch import Tensor, nn
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER = "default"  # peft's adapter name
 TOKEN_KEYS = ("trainable_token_indices", "token_init")
+# LoraConfig options that change the function merge_lora_state's W + scale·B·A stands for (DoRA, per-module ranks
+# or alphas, trained biases)
+MERGE_CHANGING = ("use_dora", "rank_pattern", "alpha_pattern", "lora_bias", "bias")
 _EMBED_DELTA = f"embed.token_adapter.trainable_tokens_delta.{ADAPTER}"
 
 
@@ -107,6 +110,11 @@ def apply_lora(model: nn.Module, lora: Mapping[str, Any]) -> None:
             raise ValueError(f"model.lora.{key}={value!r} is a token name that was not resolved to ids; build the "
                              "model through the run (src/runtime/build.py) or pass ids")
     cfg.setdefault("target_modules", list(DEFAULT_TARGETS))
+    changed = [k for k in MERGE_CHANGING if cfg.get(k) not in (None, False, {}, "none")]
+    if changed:  # merge_lora_state (export) folds in exactly W + scale·B·A: these options compute something else
+        raise ValueError(f"model.lora.{changed[0]}={cfg[changed[0]]!r}: the compact transformer's LoRA supports "
+                         "plain adapters (r, lora_alpha, lora_dropout, target_modules, use_rslora), which export "
+                         "merges exactly; use an HF model (model=hf_llama_tiny, smollm2_135m) for this option")
     vocab = model.embed.weight.shape[0]
     if ids is not None:
         ids = [int(i) for i in ids]

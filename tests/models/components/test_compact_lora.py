@@ -85,3 +85,12 @@ def test_token_names_resolve_to_the_tokenizers_ids() -> None:
         resolve_token_names({"trainable_token_indices": "mask"}, names)
     with pytest.raises(ValueError, match="model.lora.trainable_token_indices=\\[99\\]"):
         CompactTransformer(**SIZE, lora={"trainable_token_indices": [99]})
+
+
+@pytest.mark.parametrize("option", [{"use_dora": True}, {"bias": "lora_only"}, {"rank_pattern": {"q_proj": 2}}])
+def test_options_the_exact_merge_cannot_express_are_refused(option: dict) -> None:
+    """Export folds in W + (α/r)·B·A: DoRA, trained biases or per-module ranks would export a different model."""
+    key = next(iter(option))
+    with pytest.raises(ValueError, match=f"model.lora.{key}=.*use an HF model"):
+        CompactTransformer(**SIZE, lora={"r": 4, **option})
+    CompactTransformer(**SIZE, lora={"r": 4, "use_rslora": True, "bias": "none"})  # plain options still build

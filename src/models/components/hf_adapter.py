@@ -15,17 +15,7 @@ from torch import Tensor, nn
 
 from src.assets.pretrained import resolve_pretrained
 from src.models.components.attention_mask import sdpa_mask
-
-
-def _plain(obj: Any) -> Any:
-    """Hydra hands nested dicts/lists over as DictConfig/ListConfig; HF and peft want plain containers."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a project dependency
-        return obj
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
-    return obj
+from src.models.components.compact_lora import plain_container
 
 
 def _dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | str | None:
@@ -84,7 +74,7 @@ class HFBackbone(nn.Module):
         self._causal = bool(causal)
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        model = _plain(model)
+        model = plain_container(model)
         dtype = _dtype(torch_dtype)
         if isinstance(model, Mapping):
             cfg = dict(model)
@@ -123,7 +113,7 @@ class HFBackbone(nn.Module):
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            lora = dict(_plain(lora))
+            lora = dict(plain_container(lora))
             if "token_init" in lora:
                 raise ValueError("model.lora.token_init is the compact transformer's (compact_lora.py); for an HF "
                                  "model use peft's own keys (trainable_token_indices starts from the base rows)")

@@ -33,7 +33,7 @@ from src.data.collate import PadCollator
 from src.data.errors import DataError
 from src.data.lm_datamodule import loader_generator, seed_worker
 from src.data.packing import IGNORE_INDEX
-from src.data.skill_sampler import SkillSampler, check_weights
+from src.data.skill_sampler import MixtureControl, SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 from src.data.sources import to_plain
 from src.data.stream_position import StreamPosition
@@ -109,7 +109,7 @@ class SkillItems(Dataset):
         }
 
 
-class SkillDataModule(StreamPosition, L.LightningDataModule):
+class SkillDataModule(MixtureControl, StreamPosition, L.LightningDataModule):
     samples_by_skill = True  # the curriculum callbacks' check (src/callbacks/skills/evaluation.py)
     skill_signals = ("loss",)  # per-skill signal its validation items support: answer-token loss (labels)
 
@@ -235,21 +235,10 @@ class SkillDataModule(StreamPosition, L.LightningDataModule):
         self.val_dataset = self._encode(val, "validation set")
         log.info("skills data: pool %s, %d val per skill", self.pool_sizes, self.n_val_per_skill)
 
-    # ---- mixture control (curriculum callbacks) --------------------------------------------------------
-    def set_mixture(self, weights: Sequence[float], from_position: int | None = None) -> int:
-        """New skill weights: for the next train loader if none exists yet, else from the next undrawn sample."""
-        w = check_weights(weights, self.k)
-        if self.sampler is None:
-            self.initial_weights, self._schedule = w, None
-            return 0
-        return self.sampler.set_weights(w, from_position)
-
+    # ---- mixture control (curriculum callbacks; set_mixture and friends: MixtureControl) ----------------------
     def set_difficulty_order(self, order: np.ndarray, samples_per_step: int, steps: int) -> None:
         """Example-level curriculum: pool indices easiest first; step i of `steps` sees the easiest i·H/steps."""
         self._order = (np.asarray(order, dtype=np.int64), int(samples_per_step), int(steps))
-
-    def current_weights(self) -> np.ndarray:
-        return self.sampler.weights if self.sampler is not None else self.initial_weights
 
     # ---- loaders -------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -315,11 +304,6 @@ class SkillDataModule(StreamPosition, L.LightningDataModule):
         if sched:
             self._schedule = [(int(s), list(w)) for s, w in sched]
             self.initial_weights = check_weights(self._schedule[0][1], self.k)
-
-    @property
-    def restored(self) -> bool:
-        """True when a checkpoint gave this module its stream position and mixture (callbacks must not reset it)."""
-        return self._schedule is not None
 
     # ---- generation --------------------------------------------------------------------------------------
     def sample_prompts(self) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from src.data.errors import DataError
-from src.data.skill_sampler import SkillSampler, check_weights
+from src.data.skill_sampler import MixtureControl, SkillSampler, check_weights
 from src.data.skills_graph import validate_graph
 
 NO_SKILL = -1  # what data.format=prompt stores for a record without a skill
@@ -76,7 +76,7 @@ class SkillView:
         return [f"skill{v}" for v in self.values]
 
 
-class SkillMixing:
+class SkillMixing(MixtureControl):
     """Mixin for `LMDataModule` (module docstring). The host calls `_init_skill_mixing` in `__init__`,
     `_build_skill_view` in `setup`, and asks `skill_sampler` for its train sampler when `samples_by_skill`."""
 
@@ -143,22 +143,6 @@ class SkillMixing:
     @property
     def pool_sizes(self) -> list[int]:
         return self._view_or_fail().pool_sizes
-
-    def set_mixture(self, weights: Sequence[float], from_position: int | None = None) -> int:
-        """New skill weights: for the next train loader if none exists yet, else from the next undrawn sample."""
-        w = check_weights(weights, self.k)
-        if self.sampler is None:
-            self.initial_weights, self._schedule = w, None
-            return 0
-        return self.sampler.set_weights(w, from_position)
-
-    def current_weights(self) -> np.ndarray:
-        return self.sampler.weights if self.sampler is not None else self.initial_weights
-
-    @property
-    def restored(self) -> bool:
-        """True when a checkpoint gave this module its mixture (callbacks must not reset it)."""
-        return self._schedule is not None
 
     def skill_val_batches(self, skill: int, rank: int = 0, world: int = 1) -> DataLoader:
         """This rank's shard (items rank, rank+W, ...) of skill `skill`'s validation prompts."""

@@ -153,3 +153,30 @@ class SkillSampler(DistributedSampler):
 
     def state(self) -> dict[str, Any]:
         return {"schedule": self.schedule_state()}
+
+
+class MixtureControl:
+    """What the curriculum callbacks (src/callbacks/skills/) call on a data module that samples by skill: set and
+    read the mixture, and whether a checkpoint already gave it one. The host has `k`, `sampler` (a SkillSampler once
+    its train loader exists, else None), `initial_weights` and `_schedule` (restored from a checkpoint, or None)."""
+
+    k: int
+    sampler: SkillSampler | None
+    initial_weights: np.ndarray
+    _schedule: list[tuple[int, list[float]]] | None
+
+    def set_mixture(self, weights: Sequence[float], from_position: int | None = None) -> int:
+        """New skill weights: for the next train loader if none exists yet, else from the next undrawn sample."""
+        w = check_weights(weights, self.k)
+        if self.sampler is None:
+            self.initial_weights, self._schedule = w, None
+            return 0
+        return self.sampler.set_weights(w, from_position)
+
+    def current_weights(self) -> np.ndarray:
+        return self.sampler.weights if self.sampler is not None else self.initial_weights
+
+    @property
+    def restored(self) -> bool:
+        """True when a checkpoint gave this module its mixture (callbacks must not reset it)."""
+        return self._schedule is not None

@@ -4,7 +4,9 @@
         --img docs/img --prefix skillit_lego
 
 Reads each job's config_resolved.yaml (curriculum, seed) and skills.json (per-skill evals, mixtures); prints the
-table (mean ± std over seeds of per-skill accuracy at half and at the end) and writes the plots.
+table (mean ± std over seeds of per-skill accuracy at half and at the end) and writes the plots. Runs stopped before
+their end (skills.json is written at every evaluation; `"finished": false`) are compared at the last step every run
+reached, and the output says so.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def load(multiruns: list[Path]) -> dict[str, list[dict]]:
     for multirun in multiruns:
         for job in sorted(p for p in multirun.iterdir() if (p / "skills.json").is_file()):
             cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
-            jobs.append((cfg, job, json.loads((job / "skills.json").read_text())))
+            data = json.loads((job / "skills.json").read_text())
+            if data["evals"]:  # a job stopped before its first evaluation has nothing to compare
+                jobs.append((cfg, job, data))
     skillit = [cfg for cfg, _, _ in jobs if cfg["curriculum"]["name"] == "skillit"]
     etas, graphs = {_eta(c) for c in skillit}, {_graph(c) for c in skillit}
     runs: dict[str, list[dict]] = defaultdict(list)
@@ -48,6 +52,22 @@ def load(multiruns: list[Path]) -> dict[str, list[dict]]:
             name += f" graph={_graph(cfg)}" if len(graphs) > 1 else ""
         runs[name].append({"seed": cfg["seed"], "dir": job.name, **data})
     return runs
+
+
+def truncate_to_common(runs: dict[str, list[dict]]) -> str:
+    """Cut every run's history at the last evaluation step all runs reached, so that a run stopped at a deadline
+    is compared with the others at equal steps (and its mixture plot ends there too). Returns a note, or ''."""
+    ends = [r["evals"][-1]["step"] for rs in runs.values() for r in rs]
+    stopped = [r["dir"] for rs in runs.values() for r in rs if r.get("finished") is False]
+    common = min(ends)
+    if not stopped and common == max(ends):
+        return ""
+    for rs in runs.values():
+        for r in rs:
+            r["evals"] = [e for e in r["evals"] if e["step"] <= common]
+            r["mixtures"] = [m for m in r["mixtures"] if m["step"] <= common] or r["mixtures"][:1]
+    return (f"note: {len(stopped)} of {len(ends)} runs stopped before their end (last evaluations at steps "
+            f"{min(ends)}-{max(ends)}); every run is compared at step {common}.")
 
 
 def at_step(evals: list[dict], step: int) -> dict:
@@ -153,6 +173,9 @@ def main() -> None:
     runs = load(args.multirun)
     if not runs:
         raise SystemExit(f"no finished jobs (skills.json) under {', '.join(map(str, args.multirun))}")
+    note = truncate_to_common(runs)
+    if note:
+        print(note + "\n")
     print(table(runs))
     check = target_check(runs)
     if check:

@@ -3,6 +3,7 @@ two DDP CPU ranks agree on every weight."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -75,6 +76,23 @@ def test_callback_changes_the_sampler_mid_epoch_by_the_update_rule(run_dir: Path
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["skill/acc_mean"] <= 1.0 and "skill/loss_skill5" in metrics
     assert (run_dir / "skill_mixture.png").is_file() and (run_dir / "skills.json").is_file()
+
+
+class _Killed(pl.Callback):
+    """Stands in for a deadline: the process dies after step 5, before fit's end hooks run."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001, ANN002
+        if trainer.global_step == 5:
+            raise KeyboardInterrupt
+
+
+def test_a_run_killed_mid_training_keeps_its_history_up_to_its_last_evaluation(run_dir: Path) -> None:
+    """skills.json is written at every evaluation, so a job stopped at a GPU lease's deadline still has a table."""
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        _fit(compose_cfg(TINY, run_dir), [_Killed()])
+    history = json.loads((run_dir / "skills.json").read_text())
+    assert [e["step"] for e in history["evals"]] == [0, 2, 4] and history["finished"] is False
+    assert [m["step"] for m in history["mixtures"]] == [0, 2, 4]
 
 
 def test_without_the_step0_evaluation_the_first_window_holds_only_trained_losses(run_dir: Path) -> None:
@@ -159,7 +177,7 @@ def test_mixture_switch_reduces_an_exact_position_on_the_strategy_device() -> No
 
     dm = DM()
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta"), reduce=reduce),
-                              accumulate_grad_batches=2, world_size=1, max_steps=10**7, loggers=[])
+                              accumulate_grad_batches=2, world_size=1, global_rank=1, max_steps=10**7, loggers=[])
     cb = SkillItCallback(rounds=4)
     cb._set_mixture_everywhere(trainer, dm, np.array([0.25, 0.75]), step=1_048_000)
     assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.long

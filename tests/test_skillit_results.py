@@ -40,3 +40,19 @@ def test_table_has_one_row_per_curriculum_with_seed_means() -> None:
     table = results.table(runs)
     assert "| curriculum | seeds | skill1 | skill2 | mean (end) | mean (half, step 300) |" in table
     assert "| random | 2 | 90.0 ± 10.0 | 50.0 ± 0.0 | **70.0** ± 5.0 | 50.0 ± 0.0 |" in table
+
+
+def test_runs_stopped_at_a_deadline_are_compared_at_the_step_all_reached() -> None:
+    """A lent GPU's budget can stop some jobs early: their skills.json ends at an earlier evaluation. Every run is
+    then cut at that step, so the table never compares one run's step 600 with another's step 300."""
+    done = _run(1, [0.5] * 2, [1.0, 1.0])
+    stopped = {**_run(2, [0.5] * 2, [0.9, 0.9]), "finished": False}
+    stopped["evals"] = stopped["evals"][:2]  # stopped after its step-300 evaluation
+    stopped["dir"], done["dir"] = "seed-2", "seed-1"
+    runs = {"random": [done, stopped]}
+    note = results.truncate_to_common(runs)
+    assert note == "note: 1 of 2 runs stopped before their end (last evaluations at steps 300-600); every run is " \
+                   "compared at step 300."
+    assert "| random | 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | **50.0** ± 0.0 |" in results.table(runs)
+    finished = {"random": [_run(1, [0.5] * 2, [1.0, 1.0])]}
+    assert results.truncate_to_common(finished) == "" and finished["random"][0]["evals"][-1]["step"] == 600

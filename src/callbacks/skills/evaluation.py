@@ -265,9 +265,7 @@ class SkillEvalCallback(Callback):
             return
         out = Path(trainer.default_root_dir)
         names = self._datamodule(trainer).skill_names
-        atomic_write_text(out / "skills.json", json.dumps(
-            {"skills": names, "signal": self.signal_used, "evals": self.evals, "mixtures": self.mixtures},
-            indent=1) + "\n")
+        self._write_history(trainer, finished=True)
         metric = self._metric()
         plot_skill_history(self.evals, self.mixtures, names, out, title=run_title(out), metric=metric)
         per_skill = "skill_reward" if metric == "reward" else "skill_accuracy"
@@ -291,6 +289,17 @@ class SkillEvalCallback(Callback):
         metrics.update({f"skill/weight_{n}": float(x) for n, x in zip(dm.skill_names, dm.current_weights())})
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
+        self._write_history(trainer, finished=False)
+
+    def _write_history(self, trainer: pl.Trainer, finished: bool) -> None:
+        """`skills.json` after every evaluation, not only at the end: a run stopped at a deadline (a GPU lent for
+        minutes, a preempted job that never resumes) keeps its history up to its last evaluation, and
+        scripts/skillit_results.py compares such runs at the last step they all reached (`finished` tells)."""
+        if trainer.global_rank != 0:
+            return
+        atomic_write_text(Path(trainer.default_root_dir) / "skills.json", json.dumps(
+            {"skills": list(self._datamodule(trainer).skill_names), "signal": self.signal_used, "evals": self.evals,
+             "mixtures": self.mixtures, "finished": finished}, indent=1) + "\n")
 
     def _metric(self) -> str:
         """What an evaluation records next to the loss: `acc` (greedy answer accuracy) or `reward`."""
@@ -312,6 +321,7 @@ class SkillEvalCallback(Callback):
                         step, applies, applies - step, round_len)
         for lg in trainer.loggers:
             lg.log_metrics({f"skill/weight_{n}": x for n, x in zip(dm.skill_names, w)}, step=applies)
+        self._write_history(trainer, finished=False)
 
     def _set_mixture_everywhere(self, trainer: pl.Trainer, dm: Any, weights: np.ndarray, step: int) -> None:
         """Switch every rank at the same global position: the max over ranks of the next undrawn one."""

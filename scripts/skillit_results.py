@@ -74,14 +74,21 @@ def at_step(evals: list[dict], step: int) -> dict:
     return min(evals, key=lambda e: abs(e["step"] - step))
 
 
+def half_step(runs: dict[str, list[dict]], last: int) -> int:
+    """The evaluation step nearest to last / 2 (the step the "half" columns really report: with evaluations every
+    250 steps and last = 1750, that is 750, not 875)."""
+    return at_step(next(iter(runs.values()))[0]["evals"], last // 2)["step"]
+
+
 def table(runs: dict[str, list[dict]]) -> str:
     names = next(iter(runs.values()))[0]["skills"]
     last = max(r["evals"][-1]["step"] for rs in runs.values() for r in rs)
-    head = "| curriculum | seeds | " + " | ".join(names) + f" | mean (end) | mean (half, step {last // 2}) |"
+    mid = half_step(runs, last)
+    head = "| curriculum | seeds | " + " | ".join(names) + f" | mean (end) | mean (half, step {mid}) |"
     lines = [head, "|" + "---|" * (len(names) + 4)]
     for cur, rs in runs.items():
         end = np.array([at_step(r["evals"], last)["acc"] for r in rs]) * 100  # [seeds, k]
-        half = np.array([at_step(r["evals"], last // 2)["acc"] for r in rs]) * 100
+        half = np.array([at_step(r["evals"], mid)["acc"] for r in rs]) * 100
         cells = [f"{m:.1f} ± {s:.1f}" for m, s in zip(end.mean(0), end.std(0))]
         lines.append(f"| {cur} | {len(rs)} | " + " | ".join(cells)
                      + f" | **{end.mean(1).mean():.1f}** ± {end.mean(1).std():.1f}"
@@ -101,10 +108,11 @@ def target_check(runs: dict[str, list[dict]], learned: float = 90.0) -> str:
     def mean_acc(cur: str, step: int) -> np.ndarray:  # [k], %
         return np.array([at_step(r["evals"], step)["acc"] for r in runs[cur]]).mean(0) * 100
 
-    out = [f"Target check (step {last}, half = step {last // 2}; 'learned' = each skill >= {learned:.0f} %):"]
+    mid = half_step(runs, last)
+    out = [f"Target check (step {last}, half = step {mid}; 'learned' = each skill >= {learned:.0f} %):"]
     for cur in skillit:
-        end, half = mean_acc(cur, last), mean_acc(cur, last // 2)
-        strat_half, rand_end = mean_acc("stratified", last // 2).mean(), mean_acc("random", last).mean()
+        end, half = mean_acc(cur, last), mean_acc(cur, mid)
+        strat_half, rand_end = mean_acc("stratified", mid).mean(), mean_acc("random", last).mean()
         out += [f"- {cur}: learns every skill: {'yes' if end.min() >= learned else 'no'} (lowest skill "
                 f"{end.min():.1f} %); ahead of stratified at half: {'yes' if half.mean() > strat_half else 'no'} "
                 f"({half.mean():.1f} vs {strat_half:.1f} %); >= 20 points over random at the end: "

@@ -34,8 +34,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # nine processes on one machine'
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null
 start_mps() {  # CUDA MPS: the jobs' kernels share the GPU instead of taking turns; falls back to plain time slicing
   [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null || { echo "MPS: off"; return 0; }
-  pgrep -x nvidia-cuda-mps >/dev/null 2>&1 || nvidia-cuda-mps-control -d 2>&1
-  if timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()" >/dev/null 2>&1; then
+  pgrep -f nvidia-cuda-mps-control >/dev/null 2>&1 || nvidia-cuda-mps-control -d 2>&1
+  if timeout 30 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()" >/dev/null 2>&1; then
     echo "MPS: on"
   else
     echo quit | timeout 20 nvidia-cuda-mps-control >/dev/null 2>&1; echo "MPS: failed to serve a client, off"

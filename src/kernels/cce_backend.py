@@ -117,4 +117,5 @@ def cce_token_logprobs(
         h = h * (1.0 / temperature)  # z/T = (h/T)·Wᵀ (+ b/T through the ones column)
     linear_cross_entropy, exact = _cce_call()
     nll = linear_cross_entropy(h, weight, targets, ignore_index=ignore_index, reduction="none", **exact)  # [N]
-    return nll.to(accumulate_dtype(nll.dtype)).neg()  # fp32 (fp64 stays fp64); ignored rows: CCE's loss is 0 there, so logp is (-)0 with no gradient
+    # fp32 (fp64 stays fp64); ignored rows: CCE's loss is 0 there, so logp is (-)0 with no gradient
+    return nll.to(accumulate_dtype(nll.dtype)).neg()

@@ -110,7 +110,7 @@ def cce_token_logprobs(
     if not bool(valid.any()):  # CCE launches empty grids on zero valid rows; the chunked path handles it exactly
         return chunked_token_logprobs(hidden, weight, targets, bias=bias, temperature=temperature,
                                       ignore_index=ignore_index)
-    h = hidden
+    h, weight = hidden, weight.contiguous()  # CCE's backward asserts its gradient buffers share input strides
     if bias is not None:
         h, weight = _fold_bias(h, weight, bias)
     if temperature != 1.0:

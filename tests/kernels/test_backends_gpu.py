@@ -65,7 +65,8 @@ def _run(impl: str | None, inp: dict, dtype: torch.dtype, loss: str) -> dict[str
     leaves = {k: inp[k].to("cuda", dtype).requires_grad_(True) for k in ("hidden", "weight", "bias")
               if inp[k] is not None}
     y = inp["targets"].cuda()
-    mask = (y != -100).to(dtype)  # [N]
+    mask = (y != -100).float()  # [N]  (fp32: a bf16 sum would round the token count, e.g. 461 → 460)
+    n_valid = int(mask.sum())
     kw = dict(bias=leaves.get("bias"), temperature=TEMPERATURE)
     if impl == "truth":
         logp = reference_token_logprobs(leaves["hidden"], leaves["weight"], y, **kw)
@@ -73,7 +74,7 @@ def _run(impl: str | None, inp: dict, dtype: torch.dtype, loss: str) -> dict[str
         logp = token_logprobs(leaves["hidden"], leaves["weight"], y, impl=impl, **kw,
                               grad_hint=mask if loss == "ce" else None)
     if loss == "ce":
-        obj = -(logp * mask.to(logp.dtype)).sum() / mask.sum()
+        obj = -(logp * mask.to(logp.dtype)).sum() / n_valid
     else:
         obj = (logp * inp["g"].to("cuda", logp.dtype)).sum()
     obj.backward()

@@ -18,7 +18,7 @@ What was checked in CCE's source (25.1.1, the version on our GPU machines, and t
   Both cost speed; ``EXACT_KWARGS`` is the one place to relax them if the GPU measurements show the budget holds.
 - Dtypes: 25.1.1's backward asserts bf16/fp16 inputs ("Backwards requires embeddings to be bf16 or fp16"), so fp32
   is not routed here (``unsupported_reason``). Temperature is folded into the hidden states (z/T = (h/T)·Wᵀ).
-- Bias: 25.1.1 has no ``bias`` argument; a bias is folded in as one extra input column, (h/T, 1/T)·(W, b)ᵀ,
+- Bias: 25.1.1 has no ``bias`` argument; a bias is folded in as one extra input column, (h/T, 1)·(W, b/T)ᵀ,
   zero-padded to a multiple of 16 columns (aligned loads). That copies W once per call, so ``auto`` does not route
   biased heads here.
 - No entropy: ``with_entropy=True`` is refused here; the dispatcher sends such calls to our own paths.
@@ -74,14 +74,16 @@ def _cce_call():
     return linear_cross_entropy, {k: v for k, v in EXACT_KWARGS.items() if k in params}
 
 
-def _fold_bias(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """(h, W, b) → (h', W') with h'·W'ᵀ = h·Wᵀ + b: one column of ones / of b, then zero columns up to BIAS_PAD.
-    Differentiable: the gradients reach h, W and b through the concatenations."""
+def _fold_bias(h: Tensor, weight: Tensor, bias: Tensor, inv_t: float) -> tuple[Tensor, Tensor]:
+    """(h/T, W, b) → (h', W') with h'·W'ᵀ = h/T·Wᵀ + b/T: a column of ones in h', of b/T (computed in fp32, rounded
+    once) in W', then zero columns up to BIAS_PAD. The ones are exact, so b/T carries no rounding of 1/T (a bf16
+    1/0.7 is 0.08 % off: a systematic shift of every logit's bias). Differentiable through the concatenations."""
     n, d = h.shape
     pad = -(d + 1) % BIAS_PAD
     h_aug = torch.cat([h, h.new_ones(n, 1), h.new_zeros(n, pad)], dim=1)  # [N, d+1+pad]
-    w_aug = torch.cat([weight, bias.to(weight.dtype)[:, None], weight.new_zeros(weight.shape[0], pad)], dim=1)
-    return h_aug, w_aug  # [N, d'], [V, d']
+    b_t = (bias.to(torch.promote_types(bias.dtype, torch.float32)) * inv_t).to(weight.dtype)  # [V]
+    w_aug = torch.cat([weight, b_t[:, None], weight.new_zeros(weight.shape[0], pad)], dim=1)  # [V, d+1+pad]
+    return h_aug, w_aug
 
 
 @implements
@@ -110,11 +112,11 @@ def cce_token_logprobs(
     if not bool(valid.any()):  # CCE launches empty grids on zero valid rows; the chunked path handles it exactly
         return chunked_token_logprobs(hidden, weight, targets, bias=bias, temperature=temperature,
                                       ignore_index=ignore_index)
-    h, weight = hidden, weight.contiguous()  # CCE's backward asserts its gradient buffers share input strides
+    inv_t = 1.0 / temperature
+    h = hidden * inv_t if temperature != 1.0 else hidden  # z/T = (h/T)·Wᵀ
+    weight = weight.contiguous()  # CCE's backward asserts its gradient buffers share their inputs' strides
     if bias is not None:
-        h, weight = _fold_bias(h, weight, bias)
-    if temperature != 1.0:
-        h = h * (1.0 / temperature)  # z/T = (h/T)·Wᵀ (+ b/T through the ones column)
+        h, weight = _fold_bias(h, weight, bias, inv_t)  # + b/T through a column of ones
     linear_cross_entropy, exact = _cce_call()
     nll = linear_cross_entropy(h, weight, targets, ignore_index=ignore_index, reduction="none", **exact)  # [N]
     # fp32 (fp64 stays fp64); ignored rows: CCE's loss is 0 there, so logp is (-)0 with no gradient

@@ -52,8 +52,9 @@ def _make_inputs(n: int, v: int, d: int, dtype: str, device: str, seed: int = 0)
 # `token_logprobs` picks for these inputs (printed by the child).
 OURS = {"reference": "reference", "chunked": "chunked", "chunked_hint": "chunked", "triton": "triton",
         "cce_ours": "cce", "auto": "auto"}
-NEEDS_CUDA = ("triton", "liger", "cce", "cce_ours")
-NEEDS_MODULE = {"liger": "liger_kernel", "cce": "cut_cross_entropy", "cce_ours": "cut_cross_entropy"}
+NEEDS_CUDA = ("triton", "liger", "cce", "cce_exact", "cce_ours")
+NEEDS_MODULE = {"liger": "liger_kernel", "cce": "cut_cross_entropy", "cce_exact": "cut_cross_entropy",
+                "cce_ours": "cut_cross_entropy"}
 
 
 def _loss_fn(impl: str, entropy: bool):
@@ -82,6 +83,10 @@ def _loss_fn(impl: str, entropy: bool):
         from cut_cross_entropy import linear_cross_entropy
 
         return lambda h, w, y: linear_cross_entropy(h, w, y, ignore_index=-100, reduction="mean")
+    if impl == "cce_exact":  # CCE's own exact preset (no gradient filtering, compensated accumulation): what
+        from cut_cross_entropy import linear_cross_entropy  # cce_ours runs, minus our wrapper
+
+        return lambda h, w, y: linear_cross_entropy(h, w, y, ignore_index=-100, reduction="mean", impl="cce_exact")
     if impl == "torch_ce":  # what most users write: F.cross_entropy on materialised logits
         return lambda h, w, y: torch.nn.functional.cross_entropy(h @ w.t(), y, ignore_index=-100)
     raise ValueError(impl)
@@ -151,7 +156,7 @@ def _impls_for(args: argparse.Namespace) -> list[str]:
     impls = args.impls.split(",")
     keep = []
     for impl in impls:
-        known = (*OURS, "liger", "cce", "torch_ce")
+        known = (*OURS, "liger", "cce", "cce_exact", "torch_ce")
         if impl not in known:
             raise SystemExit(f"unknown impl {impl!r}; expected some of {', '.join(known)}")
         if impl in NEEDS_CUDA and args.device != "cuda":
@@ -246,7 +251,8 @@ def main() -> None:
     p.add_argument("--impls", default="reference,torch_ce,chunked,chunked_hint,triton,liger,cce",
                    help="reference (our naive path), torch_ce (F.cross_entropy on logits), chunked, chunked_hint "
                         "(chunked with the CE grad_hint, as the LM objective calls it), triton (experimental), liger, "
-                        "cce (raw CCE call, its defaults), cce_ours (CCE through our exact wrapper), auto (what "
+                        "cce (raw CCE call, its defaults: gradient filtering on), cce_exact (raw, CCE's exact preset), "
+                        "cce_ours (CCE through our wrapper, exact settings), auto (what "
                         "token_logprobs picks; shown as auto→name); unavailable ones are skipped")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 0 on cpu, 2 on cuda)")

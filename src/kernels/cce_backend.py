@@ -109,7 +109,7 @@ def cce_token_logprobs(
     if reason is not None:
         raise RuntimeError(f"impl='cce' cannot run this call: {reason}")
     valid = targets != ignore_index  # [N]
-    if not bool(valid.any()):  # CCE launches empty grids on zero valid rows; the chunked path handles it exactly
+    if not bool(valid.any()):  # no row left would hand CCE an empty row index; chunked handles it, cheaply
         return chunked_token_logprobs(hidden, weight, targets, bias=bias, temperature=temperature,
                                       ignore_index=ignore_index)
     inv_t = 1.0 / temperature

@@ -105,16 +105,20 @@ def auto_impl(device: torch.device, dtype: torch.dtype | None, *, with_entropy: 
     """The `auto` rule, in one place so it can follow the measurements: the fastest backend that gives the same
     numbers (within the fp64-reference error budget of tests/kernels) on this device.
 
-    - ``cce`` on CUDA when cut_cross_entropy is installed and the call is bf16/fp16, without entropy and without a
-      bias: on an H100 CCE is 1.0–2.3x the naive forward+backward time, the chunked path 1.7–3.3x
-      (docs/benchmarks.md); run exact (no gradient filtering, compensated accumulation: src/kernels/cce_backend.py).
-      A bias is supported by the backend only through a per-call copy of W, so biased heads stay on chunked.
+    - ``cce`` on CUDA when cut_cross_entropy is installed and accumulates its gradients beyond bf16
+      (``cce_accumulates_exactly``: not the PyPI 25.1.1 wheel, whose dhidden error was 2.4x chunked's on an H200),
+      and the call is bf16/fp16, without entropy and without a bias: on an H100 CCE is 1.0–2.3x the naive
+      forward+backward time, the chunked path 1.7–3.3x (docs/benchmarks.md); run exact (no gradient filtering:
+      src/kernels/cce_backend.py). A bias is supported by the backend only through a per-call copy of W, so biased
+      heads stay on chunked. To accept CCE 25.1.1's bf16 accumulation, drop the ``cce_accumulates_exactly()`` term.
     - ``chunked`` otherwise: CPU (bit-identical to before), fp32 (CCE 25.1.1's backward is bf16/fp16 only), entropy.
     Our Triton path is never chosen automatically (experimental: 3.3–9.6x the naive time on the H100).
     """
-    from src.kernels.cce_backend import unsupported_reason
+    from src.kernels import cce_backend
 
-    if dtype is not None and not has_bias and unsupported_reason(device, dtype, with_entropy=with_entropy) is None:
+    if (dtype is not None and not has_bias
+            and cce_backend.unsupported_reason(device, dtype, with_entropy=with_entropy) is None
+            and cce_backend.cce_accumulates_exactly()):
         return "cce"
     return "chunked"
 

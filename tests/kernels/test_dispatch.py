@@ -107,6 +107,7 @@ def test_auto_rule_picks_cce_only_for_what_it_computes_exactly(monkeypatch: pyte
     from src.kernels import cce_backend
 
     monkeypatch.setattr(cce_backend, "cce_installed", lambda: True)
+    monkeypatch.setattr(cce_backend, "cce_accumulates_exactly", lambda: True)
     cuda = torch.device("cuda")
     assert resolve_impl("auto", cuda, dtype=torch.bfloat16) == "cce"
     assert resolve_impl("auto", cuda, dtype=torch.float16) == "cce"
@@ -114,6 +115,8 @@ def test_auto_rule_picks_cce_only_for_what_it_computes_exactly(monkeypatch: pyte
     assert resolve_impl("auto", cuda, dtype=torch.bfloat16, with_entropy=True) == "chunked"
     assert resolve_impl("auto", cuda, dtype=torch.bfloat16, has_bias=True) == "chunked"
     assert resolve_impl("auto", cuda, dtype=None) == "chunked"  # hidden and weight in different dtypes
+    monkeypatch.setattr(cce_backend, "cce_accumulates_exactly", lambda: False)  # e.g. the PyPI 25.1.1 wheel
+    assert resolve_impl("auto", cuda, dtype=torch.bfloat16) == "chunked"
     monkeypatch.setattr(cce_backend, "cce_installed", lambda: False)
     assert resolve_impl("auto", cuda, dtype=torch.bfloat16) == "chunked"
 

@@ -2,8 +2,9 @@
 
 The choice is made per call (``impl=``), else by a process-wide default (``set_default_impl`` or the
 ``TOKENSMITH_KERNEL_IMPL`` environment variable, so a Hydra config switch can force one), else automatically by
-``auto_impl``: Apple's Cut Cross-Entropy (``cce``) on CUDA for bf16/fp16 calls without entropy or bias when it is
-installed, the chunked PyTorch path everywhere else (always on CPU). Our own Triton path is experimental and
+``auto_impl``: Apple's Cut Cross-Entropy (``cce``) on CUDA for bf16/fp16 calls without entropy or bias when an
+installed version accumulates its gradients beyond bf16 (not the PyPI 25.1.1 wheel), the chunked PyTorch path
+everywhere else (always on CPU). Our own Triton path is experimental and
 opt-in only: it is slower than both on every GPU shape measured (docs/benchmarks.md).
 """
 

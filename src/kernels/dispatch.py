@@ -1,8 +1,11 @@
-"""One entry point, ``token_logprobs``, that routes to the reference, chunked or Triton implementation.
+"""One entry point, ``token_logprobs``, that routes to the reference, chunked, CCE or Triton implementation.
 
 The choice is made per call (``impl=``), else by a process-wide default (``set_default_impl`` or the
-``TOKENSMITH_KERNEL_IMPL`` environment variable, so a Hydra config switch can force one), else automatically:
-the chunked PyTorch path on every device (Triton is opt-in until it beats chunked on GPU).
+``TOKENSMITH_KERNEL_IMPL`` environment variable, so a Hydra config switch can force one), else automatically by
+``auto_impl``: Apple's Cut Cross-Entropy (``cce``) on CUDA for bf16/fp16 calls without entropy or bias when an
+installed version accumulates its gradients beyond bf16 (not the PyPI 25.1.1 wheel), the chunked PyTorch path
+everywhere else (always on CPU). Our own Triton path is experimental and
+opt-in only: it is slower than both on every GPU shape measured (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -64,28 +67,70 @@ def _triton() -> TokenLogprobsFn:
     return triton_token_logprobs
 
 
-# name -> loader of a `TokenLogprobsFn` (src/kernels/signature.py). Loaders, so that Triton is imported only when
-# it is chosen. The routing below passes every implementation the contract's arguments, and the speed hints
+def _cce() -> TokenLogprobsFn:
+    from src.kernels.cce_backend import cce_token_logprobs  # imports nothing of CCE until a call runs
+
+    return cce_token_logprobs
+
+
+# name -> loader of a `TokenLogprobsFn` (src/kernels/signature.py). Loaders, so that Triton / CCE are imported only
+# when chosen. The routing below passes every implementation the contract's arguments, and the speed hints
 # (`chunk_size`, `grad_hint`) only to those listed in TAKES_HINTS; the others would ignore them anyway.
 IMPLEMENTATIONS: dict[str, Callable[[], TokenLogprobsFn]] = {
     "reference": lambda: reference_token_logprobs,
     "chunked": _chunked,
-    "triton": _triton,
+    "triton": _triton,  # experimental: slower than chunked and cce on every GPU shape measured
+    "cce": _cce,
 }
 TAKES_HINTS = frozenset({"chunked"})
 IMPLS = ("auto", *IMPLEMENTATIONS)
 
 
-def resolve_impl(impl: str | None, device: torch.device) -> str:
-    """Turn a requested impl (None/"auto"/name) into the concrete one used for tensors on ``device``."""
+def resolve_impl(impl: str | None, device: torch.device, *, dtype: torch.dtype | None = None,
+                 with_entropy: bool = False, has_bias: bool = False) -> str:
+    """Turn a requested impl (None/"auto"/name) into the concrete one used for tensors on ``device``.
+
+    ``dtype`` (the dtype the matmul will run in, after autocast), ``with_entropy`` and ``has_bias`` describe the
+    call for ``auto_impl``; a named impl is returned as is (it raises itself if it cannot run the call).
+    """
     name = get_default_impl() if impl is None else impl
     if name not in IMPLS:
         raise ValueError(f"unknown kernel impl {name!r}; expected one of {IMPLS}")
     if name != "auto":
         return name
-    # Chunked everywhere for now: on an H100 our Triton kernels are slower than the chunked path (whole training
-    # step 242 ms vs 186 ms at 370M params, V=32k; docs/benchmarks.md), so Triton is opt-in until it wins.
+    return auto_impl(device, dtype, with_entropy=with_entropy, has_bias=has_bias)
+
+
+def auto_impl(device: torch.device, dtype: torch.dtype | None, *, with_entropy: bool = False,
+              has_bias: bool = False) -> str:
+    """The `auto` rule, in one place so it can follow the measurements: the fastest backend that gives the same
+    numbers (within the fp64-reference error budget of tests/kernels) on this device.
+
+    - ``cce`` on CUDA when cut_cross_entropy is installed and accumulates its gradients beyond bf16
+      (``cce_accumulates_exactly``: not the PyPI 25.1.1 wheel, whose dhidden error was 2.4x chunked's on an H200),
+      and the call is bf16/fp16, without entropy and without a bias: on an H100 CCE is 1.0–2.3x the naive
+      forward+backward time, the chunked path 1.7–3.3x (docs/benchmarks.md); run exact (no gradient filtering:
+      src/kernels/cce_backend.py). A bias is supported by the backend only through a per-call copy of W, so biased
+      heads stay on chunked. To accept CCE 25.1.1's bf16 accumulation, drop the ``cce_accumulates_exactly()`` term.
+    - ``chunked`` otherwise: CPU (bit-identical to before), fp32 (CCE 25.1.1's backward is bf16/fp16 only), entropy.
+    Our Triton path is never chosen automatically (experimental: 3.3–9.6x the naive time on the H100).
+    """
+    from src.kernels import cce_backend
+
+    if (dtype is not None and not has_bias
+            and cce_backend.unsupported_reason(device, dtype, with_entropy=with_entropy) is None
+            and cce_backend.cce_accumulates_exactly()):
+        return "cce"
     return "chunked"
+
+
+def matmul_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype the fused paths' matmul runs in: the autocast dtype inside an autocast region (cast_like_autocast
+    casts to it), else the input's."""
+    device_type = hidden.device.type
+    if hidden.is_floating_point() and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return hidden.dtype
 
 
 def cast_like_autocast(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -144,7 +189,8 @@ def token_logprobs(
     lead = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
     y = targets.reshape(-1)  # [N]
-    name = resolve_impl(impl, h.device)
+    dtype = matmul_dtype(h) if matmul_dtype(h) == matmul_dtype(weight) else None  # mixed: no fused-kernel dtype
+    name = resolve_impl(impl, h.device, dtype=dtype, with_entropy=with_entropy, has_bias=bias is not None)
     if name != "reference":  # the reference path's matmul is autocast like any user's naive code
         h, weight, bias = cast_like_autocast(h, weight, bias)
     kwargs = dict(bias=bias, temperature=temperature, ignore_index=ignore_index, with_entropy=with_entropy,

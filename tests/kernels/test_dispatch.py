@@ -93,3 +93,39 @@ def test_autocast_runs_the_fused_matmul_in_the_autocast_dtype() -> None:
     torch.testing.assert_close(fused.float(), ref.float(), rtol=0, atol=0.1)
     hc, wc, _ = cast_like_autocast(h, w, None)  # outside autocast: untouched
     assert hc is h and wc is w
+
+
+def test_auto_on_cpu_stays_chunked_whatever_the_call() -> None:
+    cpu = torch.device("cpu")
+    for dtype in (torch.float32, torch.bfloat16):
+        for with_entropy in (False, True):
+            assert resolve_impl("auto", cpu, dtype=dtype, with_entropy=with_entropy) == "chunked"
+
+
+def test_auto_rule_picks_cce_only_for_what_it_computes_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule itself (no GPU needed): CUDA + CCE installed + bf16/fp16, no entropy, no bias → cce."""
+    from src.kernels import cce_backend
+
+    monkeypatch.setattr(cce_backend, "cce_installed", lambda: True)
+    monkeypatch.setattr(cce_backend, "cce_accumulates_exactly", lambda: True)
+    cuda = torch.device("cuda")
+    assert resolve_impl("auto", cuda, dtype=torch.bfloat16) == "cce"
+    assert resolve_impl("auto", cuda, dtype=torch.float16) == "cce"
+    assert resolve_impl("auto", cuda, dtype=torch.float32) == "chunked"  # CCE 25.1.1's backward: bf16/fp16 only
+    assert resolve_impl("auto", cuda, dtype=torch.bfloat16, with_entropy=True) == "chunked"
+    assert resolve_impl("auto", cuda, dtype=torch.bfloat16, has_bias=True) == "chunked"
+    assert resolve_impl("auto", cuda, dtype=None) == "chunked"  # hidden and weight in different dtypes
+    monkeypatch.setattr(cce_backend, "cce_accumulates_exactly", lambda: False)  # e.g. the PyPI 25.1.1 wheel
+    assert resolve_impl("auto", cuda, dtype=torch.bfloat16) == "chunked"
+    monkeypatch.setattr(cce_backend, "cce_installed", lambda: False)
+    assert resolve_impl("auto", cuda, dtype=torch.bfloat16) == "chunked"
+
+
+def test_forced_cce_without_cuda_raises_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    h, w, y = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(RuntimeError, match="impl='cce' cannot run this call: it needs a CUDA device"):
+        token_logprobs(h, w, y, impl="cce")
+    monkeypatch.setenv(dispatch.ENV_VAR, "CCE")  # the env var and set_default_impl know the name
+    assert resolve_impl(None, torch.device("cpu")) == "cce"
+    set_default_impl("cce")
+    assert resolve_impl(None, torch.device("cpu")) == "cce"

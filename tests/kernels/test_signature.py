@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 
 from src.kernels import dispatch
+from src.kernels.cce_backend import cce_token_logprobs
 from src.kernels.chunked import chunked_token_logprobs
 from src.kernels.reference import reference_token_logprobs
 from src.kernels.signature import implements
 
 
 def test_every_implementation_is_routed_by_name() -> None:
-    assert dispatch.IMPLS == ("auto", "reference", "chunked", "triton")
+    assert dispatch.IMPLS == ("auto", "reference", "chunked", "triton", "cce")
     assert dispatch.IMPLEMENTATIONS["reference"]() is reference_token_logprobs
     assert dispatch.IMPLEMENTATIONS["chunked"]() is chunked_token_logprobs
-    for fn in (reference_token_logprobs, chunked_token_logprobs, dispatch.token_logprobs):
+    assert dispatch.IMPLEMENTATIONS["cce"]() is cce_token_logprobs
+    for fn in (reference_token_logprobs, chunked_token_logprobs, cce_token_logprobs, dispatch.token_logprobs):
         assert implements(fn) is fn  # unchanged, and matches the contract
 
 

@@ -57,9 +57,11 @@ def _fit(cfg, extra=(), ckpt=None):  # noqa: ANN001, ANN202
     return dm, trainer, next(c for c in trainer.callbacks if isinstance(c, SkillEvalCallback))
 
 
-def test_callback_changes_the_sampler_mid_epoch_by_the_update_rule(run_dir: Path) -> None:
+def test_callback_changes_the_sampler_mid_epoch_by_the_update_rule(run_dir: Path, caplog) -> None:  # noqa: ANN001
     rec = _Record()
     dm, trainer, cb = _fit(compose_cfg(TINY, run_dir), [rec])
+    # 2-step rounds, evaluations every 2 steps, window 2: round 2's window holds the step-0 evaluation
+    assert "round 2's window of 2 evaluations still holds the step-0 one" in caplog.text
     assert isinstance(cb, SkillItCallback)
     assert [m["step"] for m in cb.mixtures] == [0, 2, 4, 6]  # round 1 at fit start, then T-1 = 3 updates
     graph = np.asarray(dm.skills_graph)
@@ -95,9 +97,11 @@ def test_a_run_killed_mid_training_keeps_its_history_up_to_its_last_evaluation(r
     assert [m["step"] for m in history["mixtures"]] == [0, 2, 4]
 
 
-def test_without_the_step0_evaluation_the_first_window_holds_only_trained_losses(run_dir: Path) -> None:
+def test_without_the_step0_evaluation_the_first_window_holds_only_trained_losses(run_dir: Path,
+                                                                                 caplog) -> None:  # noqa: ANN001
     """`eval_at_start=false`: no evaluation of the untrained model, so round 2 uses the step-2 losses alone."""
     dm, _, cb = _fit(compose_cfg([*TINY, "curriculum.callback.eval_at_start=false"], run_dir))
+    assert "still holds the step-0 one" not in caplog.text
     assert [e["step"] for e in cb.evals] == [2, 4, 6, 8]
     graph = np.asarray(dm.skills_graph)
     np.testing.assert_allclose(cb.mixtures[1]["weights"],

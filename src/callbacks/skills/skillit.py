@@ -74,6 +74,15 @@ class SkillItCallback(SkillEvalCallback):
         if self.eval_every > max(1, trainer.max_steps // self.rounds):
             log.warning("Skill-It: eval_every=%d > round length %d: rounds reuse old losses",
                         self.eval_every, trainer.max_steps // self.rounds)
+        round_len = max(1, trainer.max_steps // self.rounds)
+        if self.eval_at_start and self.rounds > 1 and round_len // self.eval_every + 1 <= self.window:
+            # Seen on LEGO with SmolLM2 (docs/results.md): step-0 losses of the untrained answer format (~8.7 on
+            # every skill) stayed in round 2's window, and the graph's row sums turned them into a 99.6 % mixture
+            # on one skill. The paper's schedule (1000-step rounds, evaluations every 250) never holds them.
+            log.warning("Skill-It: round 2's window of %d evaluations still holds the step-0 one (the untrained "
+                        "model's losses, often about ln V on every skill); it can decide round 2's mixture. "
+                        "Evaluate more often (eval_every <= %d), use fewer rounds, or set "
+                        "curriculum.callback.eval_at_start=false", self.window, round_len // self.window)
         dm.set_mixture(skillit_mixture(self._graph(dm), None, self.eta, mask))
 
     def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:

@@ -67,7 +67,7 @@ probe() {  # $1 = seconds, then extra overrides; the nine jobs for that long, ea
 }
 
 if [ "$MODE" = probe ]; then
-  probe "$BUDGET" "$@"
+  probe "$BUDGET" "$@" || exit 1
   python3 scripts/offline_gpu/fit_steps.py "$PROBE" 100000 --max 1000000 --multiple 1 >/dev/null 2>>"$OUT/probe.txt"
   tail -1 "$OUT/probe.txt"
   exit 0
@@ -81,7 +81,7 @@ if [ "$MODE" = fit ]; then
   fi
   if [ -z "${PROBE:-}" ]; then
     PROBE_S="${PROBE_S:-150}"; PROBE="$SWEEP.probe"
-    probe "$PROBE_S" "$@"
+    probe "$PROBE_S" "$@" || exit 1
   else
     [ -f "$PROBE/probe_s" ] || { echo "error: $PROBE holds no probe (run --probe $PROBE SECONDS first)"; exit 1; }
     echo "fit from the probe in $PROBE" | tee "$OUT/probe.txt"

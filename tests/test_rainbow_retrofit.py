@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from src.runtime.build import build_components
+from src.runtime.build import build_components, lora_token_ids
 from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.errors import ConfigError
 from src.runtime.run import run_training
@@ -79,3 +80,13 @@ def test_an_unknown_token_name_is_one_config_error(run_dir: Path) -> None:
                        "+model.lora={r:4,trainable_token_indices:sep}"], run_dir)
     with pytest.raises(ConfigError, match=r"model.lora.trainable_token_indices='sep'.*\['eos', 'mask', 'pads'\]"):
         build_components(cfg)
+
+
+
+def test_pads_names_only_the_pads_the_data_lays_out() -> None:
+    """A reserve larger than data.n_pads (one tokenizer for several K): `pads` is the K rows the canvas format
+    uses (the reserve's first K), not rows that no batch ever holds; build_components passes the data's n_pads."""
+    tok = SimpleNamespace(reserved_pad_ids=[10, 11, 12, 13], eos_id=2, mask_id=3)
+    model = OmegaConf.create({"lora": {"r": 4, "trainable_token_indices": "pads", "token_init": "eos"}})
+    assert lora_token_ids(model, tok, n_pads=2)["lora"]["trainable_token_indices"] == [10, 11]
+    assert lora_token_ids(model, tok)["lora"] == {"r": 4, "trainable_token_indices": [10, 11, 12, 13], "token_init": 2}

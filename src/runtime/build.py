@@ -75,13 +75,16 @@ def curriculum_applies(cfg: DictConfig) -> bool:
     return not (stage == "finetune" and cfg.get("finetune"))
 
 
-def lora_token_ids(model_cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
+def lora_token_ids(model_cfg: DictConfig, tokenizer: Any, n_pads: int | None = None) -> dict[str, Any]:
     """`model.lora` with its token names (`trainable_token_indices: pads`, `token_init: eos`) replaced by this
-    tokenizer's ids, as an instantiate override; {} when nothing is named (src/models/components/compact_lora.py)."""
+    tokenizer's ids, as an instantiate override; {} when nothing is named (src/models/components/compact_lora.py).
+    `pads` means the pads the data lays out (the first `n_pads` of the tokenizer's reserve, as the canvas format
+    takes them), so a reserve larger than `data.n_pads` does not train rows no batch ever holds."""
     lora = model_cfg.get("lora")
     if not lora or not any(isinstance(lora.get(k), str) for k in TOKEN_KEYS):
         return {}
-    names = {"pads": tokenizer.reserved_pad_ids, "eos": tokenizer.eos_id, "mask": tokenizer.mask_id}
+    pads = list(tokenizer.reserved_pad_ids)
+    names = {"pads": pads if n_pads is None else pads[:n_pads], "eos": tokenizer.eos_id, "mask": tokenizer.mask_id}
     try:
         return {"lora": resolve_token_names(lora, names)}
     except ValueError as err:
@@ -94,7 +97,8 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     tokenizer = datamodule.tokenizer
     # `vocab_size: ???` = size the model to the tokenizer; pretrained models keep their own (null).
     sized = {"vocab_size": tokenizer.vocab_size} if OmegaConf.is_missing(cfg.model, "vocab_size") else {}
-    backbone = instantiate(cfg.model, **sized, **lora_token_ids(cfg.model, tokenizer))
+    lora = lora_token_ids(cfg.model, tokenizer, getattr(datamodule, "n_pads", None))  # canvas data: the pads it uses
+    backbone = instantiate(cfg.model, **sized, **lora)
     tokenizer.check_vocab(backbone.vocab_size)
     module = instantiate(cfg.method, backbone=backbone, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

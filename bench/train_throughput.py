@@ -4,6 +4,10 @@ Hugging Face's LlamaForCausalLM of the same shape.
     python bench/train_throughput.py                       # CPU defaults (~3 min on 2 cores)
     python bench/train_throughput.py --device cuda --dtype bf16 --d 1024 --layers 24 --heads 16 \
         --seq 2048 --batch 8 --vocab 32768                  # ~350M on one GPU, reports MFU
+    ... --dtype bf16-true --fused-adamw --compile          # bf16 weights, fp32 master weights, fused AdamW
+
+`--dtype`: fp32; bf16 (autocast over fp32 weights, Lightning's bf16-mixed); bf16-true (the model in bf16, fp32
+master weights in the optimizer: src/models/master_weights.py, Lightning's bf16-true).
 
 Every mode trains the same architecture from the same initial weights on the same in-memory batches, so the
 ratios isolate what differs:
@@ -23,7 +27,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.losses.token_ce import token_cross_entropy  # noqa: E402
 from src.models.components.transformer import CompactTransformer  # noqa: E402
 from src.models.logprobs import batch_logprobs  # noqa: E402
+from src.models.master_weights import master_weight_adamw  # noqa: E402
 from src.models.schedules import warmup_cosine  # noqa: E402
+
+# --dtype -> Lightning precision
+PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "bf16-true": "bf16-true"}
 
 
 def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -47,11 +57,16 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> lis
     return out
 
 
-def optimizer_for(model: torch.nn.Module, lr: float = 3e-4) -> torch.optim.Optimizer:
+def optimizer_factory(dtype: str, fused: bool, lr: float = 3e-4) -> Callable[..., torch.optim.Optimizer]:
+    """AdamW as the framework builds it (`method.optimizer`); on fp32 masters for bf16-true."""
+    kw = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1, **({"fused": True} if fused else {})}
+    return partial(master_weight_adamw if dtype == "bf16-true" else torch.optim.AdamW, **kw)
+
+
+def optimizer_for(model: torch.nn.Module, dtype: str, fused: bool) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=lr,
-                             betas=(0.9, 0.95), weight_decay=0.1)
+    return optimizer_factory(dtype, fused)([{"params": decay}, {"params": rest, "weight_decay": 0.0}])
 
 
 def sync(device: torch.device) -> None:
@@ -59,14 +74,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(model, batches, device, dtype, loss: str, steps: int, hf: bool = False) -> list[float]:  # noqa: ANN001
+def bare_loop(model, batches, device, dtype, loss: str, steps: int, hf: bool = False,  # noqa: ANN001
+              fused: bool = False) -> list[float]:
     """Hand-written training loop; returns per-step wall times (s). `loss="fused"` needs one of our backbones
     (`hf=False`); the HF model runs the naive CE only."""
     if hf and loss == "fused":
         raise ValueError("the fused loss runs on our backbone contract; the HF model is benchmarked with naive CE")
-    opt = optimizer_for(model)
+    opt = optimizer_for(model, dtype, fused)
     sched = warmup_cosine(opt, warmup_steps=10, total_steps=10_000)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")  # bf16-true: no casts
     times = []
     for i in range(steps):
         b = {k: v.to(device, non_blocking=True) for k, v in batches[i % len(batches)].items()}
@@ -94,10 +110,9 @@ def bare_loop(model, batches, device, dtype, loss: str, steps: int, hf: bool = F
     return times
 
 
-def lightning_loop(model, batches, device, dtype, steps: int, workdir: Path) -> list[float]:  # noqa: ANN001
+def lightning_loop(model, batches, device, dtype, steps: int, workdir: Path,  # noqa: ANN001
+                   fused: bool = False) -> list[float]:
     """The tokensmith step: Trainer + CausalLMModule + CSV logger + our callbacks; per-step wall times."""
-    from functools import partial
-
     import lightning.pytorch as pl
 
     from src.callbacks.artifacts import RunArtifacts
@@ -117,12 +132,12 @@ def lightning_loop(model, batches, device, dtype, steps: int, workdir: Path) -> 
 
     module = CausalLMModule(
         model,
-        optimizer=partial(torch.optim.AdamW, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1),
+        optimizer=optimizer_factory(dtype, fused),
         scheduler=partial(warmup_cosine, warmup_steps=10, total_steps=10_000),
     )
     timer = Timer()
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, max_steps=steps, precision="bf16-mixed" if dtype == "bf16" else "32-true",
+        accelerator=device.type, devices=1, max_steps=steps, precision=PRECISION[dtype],
         gradient_clip_val=1.0, logger=pl.loggers.CSVLogger(workdir, name="csv", version=""),
         callbacks=[timer, RunArtifacts(sample_max_new_tokens=0)], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=workdir,
@@ -148,7 +163,8 @@ def hf_llama_like(model: CompactTransformer) -> torch.nn.Module:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--dtype", choices=list(PRECISION), default="fp32")
+    ap.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True): one kernel for the whole step")
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -175,14 +191,16 @@ def main() -> None:
         for m in (modes if r % 2 == 0 else modes[::-1]):  # alternate order against drift
             model = copy.deepcopy(base) if m != "hf_llama" else hf_llama_like(base)
             model.to(device)
+            if args.dtype == "bf16-true":
+                model.to(torch.bfloat16)  # what Lightning's bf16-true does (the tokensmith mode does it again)
             if args.compile:
                 model.compile()
             n = args.steps + warm
             if m == "tokensmith":
-                t = lightning_loop(model, batches, device, args.dtype, n, workdir)
+                t = lightning_loop(model, batches, device, args.dtype, n, workdir, fused=args.fused_adamw)
             else:
                 t = bare_loop(model, batches, device, args.dtype, "fused" if m == "bare_fused" else "naive", n,
-                              hf=m == "hf_llama")
+                              hf=m == "hf_llama", fused=args.fused_adamw)
             times[m] += t[warm:]
             del model
     med = {m: statistics.median(v) for m, v in times.items()}
@@ -196,8 +214,8 @@ def main() -> None:
         rows.append(row)
     ref = {"tokensmith": "bare_fused", "bare_naive": "bare_fused", "hf_llama": "bare_naive"}
     print(f"\n{device} {args.dtype} d={args.d} L={args.layers} H={args.heads} T={args.seq} B={args.batch} "
-          f"V={args.vocab} compile={args.compile} params={base.num_params() / 1e6:.1f}M torch={torch.__version__} "
-          f"{date.today()}")
+          f"V={args.vocab} compile={args.compile} fused_adamw={args.fused_adamw} "
+          f"params={base.num_params() / 1e6:.1f}M torch={torch.__version__} {date.today()}")
     print("| mode | median step (ms) | tokens/s | vs | ratio |" + (" MFU |" if device.type == "cuda" else ""))
     print("|---|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
     for row in rows:

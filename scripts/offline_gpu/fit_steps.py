@@ -5,8 +5,8 @@
 Prints the largest multiple of `--multiple` (at most `--max`) that the *slowest* probe job would reach in SECONDS
 of training at its measured pace. The probe must run the same jobs side by side as the real sweep, since on one
 GPU they share it. Why a multiple: Skill-It's rounds are `max_steps / rounds` long and should hold a whole number
-of evaluations (LEGO: 6 rounds x 4 evaluations, every steps/24 -> 1200; lego_smollm2.sh sets that interval). Exit status 1, with the reason, when no probe job
-has a pace or not even one multiple fits.
+of evaluations (LEGO: 6 rounds x 4 evaluations, every steps/24 -> 1200; lego_smollm2.sh sets that interval).
+Exit status 1, with the reason, when no probe job has a pace or not even one multiple fits.
 """
 
 from __future__ import annotations

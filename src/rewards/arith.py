@@ -15,6 +15,8 @@ class ArithAnswerReward:
     Example: prompt "12+34+5=", completion "12+34=46 46+5=51 #51", answer 51 -> 1.0; "... #50" -> 0.0.
     """
 
+    min_score, max_score = 0.0, 1.0  # the range RewardSet.max_total reads (Skill-It's reward_max: auto)
+
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any] | None = None,
                  **metadata: Any) -> list[float]:
         if answer is None:

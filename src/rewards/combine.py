@@ -86,6 +86,20 @@ class RewardSet:
         self.weights = {k: float(weights.get(k, 1.0)) for k in functions}
         self.on_error = on_error
 
+    @property
+    def max_total(self) -> float | None:
+        """The best total a rollout can score, Σ_f w_f · (max_score_f if w_f ≥ 0 else min_score_f), when every
+        function declares its range (`min_score` / `max_score` attributes, as ArithAnswerReward and FormatReward
+        do); None when one does not. Example: {correct: 1, format: 0.1}, both in [0, 1] -> 1.1."""
+        best = 0.0
+        for name, fn in self.functions.items():
+            w = self.weights[name]
+            bound = getattr(fn, "max_score" if w >= 0 else "min_score", None)
+            if bound is None:
+                return None
+            best += w * float(bound)
+        return best
+
     def _scores(self, name: str, fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
                 metadata: Mapping[str, Sequence[Any]]) -> list[float]:
         n = len(completions)

@@ -14,6 +14,8 @@ class FormatReward:
     Example: pattern `#\\d+` gives "46+5=51 #51" 1.0 and "46+5=51" 0.0.
     """
 
+    min_score, max_score = 0.0, 1.0  # the range RewardSet.max_total reads (Skill-It's reward_max: auto)
+
     def __init__(self, pattern: str = r"#\d+", full_match: bool = False) -> None:
         try:
             self.regex = re.compile(pattern)

@@ -67,3 +67,12 @@ def test_reward_configs_instantiate(name: str, tmp_path: Path) -> None:
     rs = instantiate(cfg.reward)
     out = rs(PROMPTS, COMPLETIONS, answer=ANSWERS)
     assert len(out.total) == 4 and out.n_errors == 0
+
+
+def test_max_total_is_the_best_weighted_score_when_every_function_declares_its_range() -> None:
+    """{correct: 1, format: 0.1} -> 1.1; a negative weight takes that function's min (a penalty at best 0); one
+    function without a declared range -> None (the caller must be told the maximum)."""
+    assert RewardSet({"correct": ArithAnswerReward(), "format": FormatReward()}, {"format": 0.1}).max_total == \
+        pytest.approx(1.1)
+    assert RewardSet({"correct": ArithAnswerReward(), "format": FormatReward()}, {"format": -0.5}).max_total == 1.0
+    assert RewardSet({"correct": ArithAnswerReward(), "mine": lambda p, c, **m: [0.0] * len(c)}).max_total is None

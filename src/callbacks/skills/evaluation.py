@@ -120,7 +120,8 @@ def evaluate_skill_rewards(trainer: pl.Trainer, pl_module: pl.LightningModule, d
     shard, sums all-reduced: identical on every rank). `pl_module.greedy_rewards(batch) -> (rewards [B], valid
     [B])` generates and scores (src/models/grpo.py); a rollout the reward dropped does not count."""
     rank, world = int(trainer.global_rank), int(trainer.world_size)
-    sums = torch.zeros(dm.k, 2, device=pl_module.device, dtype=torch.float64)  # [k, (reward sum, scored prompts)]
+    exact = torch.float32 if pl_module.device.type == "mps" else torch.float64  # MPS has no float64
+    sums = torch.zeros(dm.k, 2, device=pl_module.device, dtype=exact)  # [k, (reward sum, scored prompts)]
     was_training = pl_module.training
     pl_module.eval()
     for j in range(dm.k):
@@ -128,8 +129,8 @@ def evaluate_skill_rewards(trainer: pl.Trainer, pl_module: pl.LightningModule, d
             batch = {key: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
             rewards, valid = pl_module.greedy_rewards(batch)  # [B], [B]
             if counts:
-                sums[j, 0] += rewards[valid].double().sum()
-                sums[j, 1] += valid.double().sum()
+                sums[j, 0] += rewards[valid].to(exact).sum()
+                sums[j, 1] += valid.to(exact).sum()
     pl_module.train(was_training)
     sums = trainer.strategy.reduce(sums, reduce_op="sum")
     unscored = [dm.skill_names[j] for j in range(dm.k) if float(sums[j, 1]) == 0]
@@ -137,6 +138,33 @@ def evaluate_skill_rewards(trainer: pl.Trainer, pl_module: pl.LightningModule, d
         log.warning("per-skill reward: the reward scored none of %s's validation completions (every call failed or "
                     "dropped them); counted as reward 0, so the curriculum upweights them", ", ".join(unscored))
     return (sums[:, 0] / sums[:, 1].clamp(min=1)).cpu().numpy()
+
+
+def _reward_max_setting(value: float | str) -> float | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"curriculum.callback.reward_max={value!r} is neither a number nor auto (the reward's best "
+                        "score, so that L_j = reward_max - r_j)") from None
+
+
+def resolve_reward_max(setting: float | str, pl_module: Any) -> float:
+    """The reward's best score: a number as configured, or with `auto` the objective's reward set's `max_total`
+    (every reward function declares `max_score`; src/rewards/combine.py), or a bare reward callable's
+    `max_score`. Why it matters: Skill-It weighs skill i by exp(η Σ_j A_ij L_j), so an offset c in every L_j
+    multiplies skill i by exp(η c Σ_j A_ij): a wrong reward_max re-weights skills whose graph rows sum
+    differently."""
+    if setting != "auto":
+        return float(setting)
+    reward = getattr(pl_module, "reward_fn", None)  # a RewardSet, or any callable GRPO was given
+    best = getattr(reward, "max_total", getattr(reward, "max_score", None))
+    if best is None:
+        raise DataError("curriculum.callback.reward_max=auto needs a reward whose functions declare their range "
+                        "(min_score / max_score attributes, as src/rewards/arith.py does); yours does not: set "
+                        "curriculum.callback.reward_max=<the reward's best score>")
+    return float(best)
 
 
 LOSS_ON_PROMPTS = ("curriculum.callback.signal=loss is the answer-token loss of skill records (data=lego, addition, "
@@ -192,14 +220,15 @@ class SkillEvalCallback(Callback):
     """Per-skill loss/accuracy every `eval_every` steps (and at the end), the mixture history, plots and summary."""
 
     def __init__(self, eval_every: int = 100, eval_at_start: bool = True, signal: str = "auto",
-                 reward_max: float = 1.0) -> None:
+                 reward_max: float | str = "auto") -> None:
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         if signal not in SIGNALS:
             raise DataError(f"curriculum.callback.signal={signal!r} is not one of {SIGNALS} (loss: answer-token "
                             "loss of skill records; reward: reward_max - mean greedy reward of skill prompts)")
         # the per-skill signal (module docstring); reward_max: the reward's best score, so L_j = reward_max - r_j
-        self.signal, self.reward_max = signal, float(reward_max)
+        self.signal, self.reward_max_cfg = signal, _reward_max_setting(reward_max)
+        self.reward_max: float | None = None  # resolved at fit start (auto: from the reward's declared range)
         self.signal_used: str | None = None  # resolved at fit start
         self.eval_every = int(eval_every)
         # False: no evaluation of the untrained model at step 0. Its losses (≈ ln V on the answer token, ~8x a
@@ -235,6 +264,8 @@ class SkillEvalCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = self._datamodule(trainer)
         self.signal_used = resolve_signal(self.signal, dm, pl_module)
+        if self.signal_used == "reward":
+            self.reward_max = resolve_reward_max(self.reward_max_cfg, pl_module)
         updates = int(getattr(pl_module, "optimizer_steps_per_batch", 1) or 1)
         if self.eval_every % updates:
             raise DataError(f"curriculum.callback.eval_every={self.eval_every} must be a multiple of the "

@@ -15,7 +15,7 @@ class SkillCurriculumCallback(SkillEvalCallback):
     """Skill (anti-)curriculum: round t trains uniformly on the ceil(t·k/T) easiest (hardest) skills by current loss."""
 
     def __init__(self, rounds: int = 5, eval_every: int = 100, reverse: bool = False, signal: str = "auto",
-                 reward_max: float = 1.0) -> None:
+                 reward_max: float | str = "auto") -> None:
         super().__init__(eval_every, signal=signal, reward_max=reward_max)
         self.rounds, self.reverse, self.round = int(rounds), bool(reverse), 0
 

@@ -28,7 +28,7 @@ class SkillItCallback(SkillEvalCallback):
 
     def __init__(self, eta: float = 0.5, rounds: int = 6, window: int = 3, eval_every: int = 100,
                  graph: Any = None, target_skills: list[int | str] | None = None, eval_at_start: bool = True,
-                 signal: str = "auto", reward_max: float = 1.0) -> None:
+                 signal: str = "auto", reward_max: float | str = "auto") -> None:
         super().__init__(eval_every, eval_at_start, signal, reward_max)
         if rounds < 1 or window < 1 or eta < 0:
             raise ValueError(f"need rounds >= 1, window >= 1, eta >= 0; got {rounds}, {window}, {eta}")

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
@@ -182,7 +183,14 @@ class GRPOModule(Objective):
         if clip:
             if trainer.gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError("method=grpo clips by norm only; set trainer.gradient_clip_algorithm=norm")
-            self.max_grad_norm, trainer.gradient_clip_val = float(clip), None
+            trainer.gradient_clip_val = None
+            if isinstance(trainer.strategy, DeepSpeedStrategy):
+                # Lightning's clip_gradients is a no-op under DeepSpeed, and the engine's config reads
+                # gradient_clip_val after this hook (which just cleared it): hand the threshold to the engine,
+                # which clips by the global norm inside its step.
+                trainer.strategy.config.setdefault("gradient_clipping", float(clip))
+            else:
+                self.max_grad_norm = float(clip)
         if trainer.accumulate_grad_batches != 1:
             raise ValueError(
                 f"method=grpo optimises one generation batch per step (trainer.accumulate_grad_batches="

@@ -345,8 +345,8 @@ class Objective(pl.LightningModule, abc.ABC):
         try:
             optimizer = self.optimizer_factory([g for g in groups if g["params"]])
         except ValueError as err:  # torch validates lr, betas, eps, weight_decay here, before any step
-            raise OptimizerConfigError(f"method.optimizer refused its settings: {err}; fix method.optimizer.lr / "
-                                       "betas / eps / weight_decay") from None
+            raise OptimizerConfigError(f"method.optimizer refused its settings: {err}; fix that key of "
+                                       "method.optimizer (lr, betas, eps, weight_decay, ...)") from None
         low = sum(p.numel() for p in params if p.dtype in (torch.bfloat16, torch.float16))
         deepspeed = self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
         if isinstance(optimizer, MasterWeights):

@@ -62,26 +62,39 @@ def test_resume_between_generation_batches_gives_the_same_reward_curve(tmp_path:
                                    atol=1e-5, rtol=1e-5, msg=key)
 
 
+# D³S on 2 processes, micro-batches of 1 row (D³S keeps 2-8 rows a rank: several backwards per update), 2 PPO epochs
+D3S_TWO_RANKS = [*GRPO, *FIXED, "downsample=d3s", "method.loss_type=grpo", "data.batch_size=2", "trainer.devices=2",
+                 "trainer.max_steps=4", "method.micro_batch_size=1", "method.ppo_epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def d3s_ddp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_subprocess(tmp_path_factory.mktemp("d3s_ddp"), [*D3S_TWO_RANKS, "strategy=ddp"])
+
+
 @pytest.mark.slow
-def test_d3s_selects_per_rank_the_same_under_deepspeed_as_under_ddp(tmp_path: Path) -> None:
-    """downsample=d3s on 2 processes: each rank picks from its own B·G pool (docs/grpo.md). Under DeepSpeed ZeRO-2
-    the picks, the tokens back-propagated and the updates must be DDP's: same logged selection counts and losses,
-    same weights after 4 updates. GRPO normalises by the generation batch's token count over all ranks before the
-    backward, which DeepSpeed's rank average keeps. Gradient clipping (trainer.gradient_clip_val=1) is on: before
-    GRPO handed the threshold to the DeepSpeed engine, ZeRO runs did not clip at all and ended ~1e-2 away."""
-    common = [*GRPO, *FIXED, "downsample=d3s", "method.loss_type=grpo", "data.batch_size=2", "trainer.devices=2",
-              "trainer.max_steps=4"]
-    ddp = train_subprocess(tmp_path / "ddp", [*common, "strategy=ddp"])
-    zero = train_subprocess(tmp_path / "zero2", [*common, "strategy=deepspeed_zero2"])
+@pytest.mark.parametrize("strategy", [["strategy=deepspeed_zero2"],
+                                      ["strategy=deepspeed_zero3",
+                                       "strategy.zero_config.stage3_param_persistence_threshold=0"]],
+                         ids=["zero2", "zero3"])
+def test_d3s_grpo_under_deepspeed_selects_and_updates_as_under_ddp(strategy: list[str], d3s_ddp: Path,
+                                                                    tmp_path: Path) -> None:
+    """downsample=d3s on 2 processes: each rank picks from its own B·G pool (docs/grpo.md). Under DeepSpeed the
+    picks, the tokens back-propagated and the updates must be DDP's: same logged selection counts and losses, same
+    weights after 4 updates. GRPO normalises by the generation batch's token count over all ranks before the
+    backward, which DeepSpeed's rank average keeps. Two DeepSpeed bugs this caught (both ~1e-2 off before the
+    fixes): ZeRO runs did not clip gradients at all (trainer.gradient_clip_val=1 is on here), and with several
+    micro-batches per update only the last one's gradients reached the step."""
+    zero = train_subprocess(tmp_path / "zero", [*D3S_TWO_RANKS, *strategy])
     for key in ("train/selected_rollouts", "train/backprop_tokens", "train/loss"):
-        a, b = logged(ddp, key), logged(zero, key)
-        assert len(a) == 4 and set(a) == set(b), (key, a, b)
+        a, b = logged(d3s_ddp, key), logged(zero, key)
+        assert len(a) == 2 and set(a) == set(b), (key, a, b)  # 4 updates = 2 generation batches x 2 epochs
         torch.testing.assert_close(torch.tensor(list(b.values())), torch.tensor(list(a.values())), atol=1e-5,
                                    rtol=1e-4, msg=key)
-    selected, pool = logged(ddp, "train/selected_rollouts"), logged(ddp, "train/rollouts")  # per step, both ranks
+    selected, pool = logged(d3s_ddp, "train/selected_rollouts"), logged(d3s_ddp, "train/rollouts")  # both ranks
     assert all(selected[s] < pool[s] for s in pool)  # D³S dropped rollouts on every step: not a no-op
-    assert max(abs(v) for v in logged(ddp, "train/loss").values()) > 1e-2  # and the kept ones moved the policy
-    w1, w2 = final_weights(ddp), final_weights(zero)
+    assert max(abs(v) for v in logged(d3s_ddp, "train/loss").values()) > 1e-2  # the kept ones moved the policy
+    w1, w2 = final_weights(d3s_ddp), final_weights(zero)
     for name in w1:
         if name.startswith("backbone."):
             torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4, msg=name)

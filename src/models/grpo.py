@@ -73,6 +73,22 @@ def _variance(a: Tensor) -> float:
     return float(a.double().var(unbiased=False)) if a.numel() > 1 else 0.0
 
 
+def _deepspeed_micro_batch(engine: Any, last: bool) -> None:
+    """Prepare DeepSpeed for one more forward/backward inside the same optimizer update.
+
+    Why: under Lightning, GRPO's whole training step (generation, every micro-batch, every update) runs inside one
+    call of the engine's forward, and Lightning's gradient_accumulation_steps is 1, so DeepSpeed would treat every
+    backward as a whole step. It reduces gradients at an accumulation boundary only (ZeRO-2: a later micro-batch's
+    gradients replaced the earlier ones'), and its ZeRO optimizers count micro-steps at the start of each engine
+    forward (ZeRO-3 copied each micro-batch's gradient partition over the previous one instead of adding it). So:
+    mark only the update's last backward as the boundary, and start each micro-batch as the engine's forward does.
+    Measured before this (2 CPU ranks, micro-batches of 1 row): weights ~5e-2 from DDP's after 4 updates."""
+    engine.set_gradient_accumulation_boundary(last)
+    clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)  # ZeRO optimizers (DeepSpeed >= 0.18)
+    if callable(clear):
+        clear()
+
+
 class GRPOModule(Objective):
     """Group-relative policy optimisation on prompt batches (module docstring).
 
@@ -434,10 +450,14 @@ class GRPOModule(Objective):
         world = int(self.trainer.world_size)
         opt = self.optimizers()
         sched = self.lr_schedulers()
+        engine = self.trainer.strategy.deepspeed_engine if isinstance(self.trainer.strategy, DeepSpeedStrategy) \
+            else None
         last: list[StepOutput] = []
         for _epoch in range(self.ppo_epochs):
             last = []
-            for part in parts:
+            for i, part in enumerate(parts):
+                if engine is not None:
+                    _deepspeed_micro_batch(engine, last=i == len(parts) - 1)
                 out = self.compute_loss(part)
                 # DDP averages gradients over ranks: × world makes the update ∇ Σ_all numerators / Σ_all denominators
                 self.manual_backward(out.numerator * (world / max(total_den, 1e-12)))

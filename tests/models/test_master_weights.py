@@ -107,7 +107,8 @@ def test_bf16_true_run_trains_with_fp32_masters_in_its_checkpoint(run_dir: Path)
     dm, module, trainer = build_components(cfg)
     trainer.fit(module, datamodule=dm)
     history = next(c for c in trainer.callbacks if isinstance(c, RunArtifacts)).train_history  # [(step, loss)]
-    assert history[-1][1] < history[0][1] - 0.5  # it learned (smoke data: ~5.5 -> ~3 in 12 steps)
+    print(f"\nbf16-true + masters: step loss {history[0][1]:.2f} -> {history[-1][1]:.2f}")
+    assert history[-1][1] < history[0][1] - 0.5  # it learned
     opt = trainer.optimizers[0]
     assert isinstance(opt, MasterWeights)
     assert all(p.dtype == torch.bfloat16 for p in module.backbone.parameters())

@@ -82,10 +82,15 @@ RULES = {
         "recipes are built from the runtime's primitives; only run.py, the top, picks a recipe",
         ("src/runtime/**/*.py",), forbidden=("src.recipes",), exclude=("src/runtime/run.py",),
     ),
-    "report and export are top-level tools nothing imports": Rule(
+    "report, reproduce and export are top-level tools nothing imports": Rule(
         "they read finished run dirs and checkpoints; training never depends on them", ("src/**/*.py",),
-        forbidden=("src.report", "src.export"),
-        exclude=tuple(str(p.relative_to(ROOT)) for d in ("report", "export") for p in (ROOT / "src" / d).glob("*.py")),
+        forbidden=("src.report", "src.export", "src.reproduce"),
+        exclude=tuple(str(p.relative_to(ROOT)) for d in ("report", "export", "reproduce")
+                      for p in (ROOT / "src" / d).glob("*.py")),
+    ),
+    "reproduce runs train.py as a program and reads run dirs": Rule(
+        "a study launches train.py in a subprocess and judges run dirs; it never imports the training code",
+        ("src/reproduce/**/*.py",), only=("src.reproduce", "src.report", "src.plots"),
     ),
     "report reads run dirs, not the training code": Rule(
         "a report must work on run dirs of any version of the code", ("src/report/**/*.py",),

@@ -62,3 +62,25 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert [s for s, _ in straight] == [s for s, _ in resumed]
     torch.testing.assert_close(torch.tensor([x for _, x in resumed]), torch.tensor([x for _, x in straight]),
                                rtol=0, atol=1e-5)
+
+
+LENGTHS = ["experiment=rainbow/lengths", "debug=smoke", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
+           "data.task.n_train=2000", "callbacks.length_eval.multipliers=[1,4]"]
+
+
+@pytest.mark.parametrize("padding", ["eos", "rainbow"])
+def test_lengths_smoke_run_writes_validity_and_the_end_tokens_spread(run_dir: Path, padding: str) -> None:
+    """experiment=rainbow/lengths: valid@ and p(x_{j-k} = eos | x_j = eos) at each canvas, next to the data's own
+    value: under <eos> padding (n uniform in 1..12 over the 8 smoke problems) a positive frequency, under Rainbow
+    padding exactly 0 (one end token per answer)."""
+    run_training(compose_cfg([*LENGTHS, f"data.padding={padding}"], run_dir))
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for m in (1, 4):
+        assert 0.0 <= saved[f"eval/valid@{m}x"] <= 1.0
+        for k in (1, 2, 4):
+            assert 0.0 <= saved[f"eval/eos_given_eos_k{k}@{m}x"] <= 1.0
+    data = [saved[f"eval/data_eos_given_eos_k{k}"] for k in (1, 2, 4)]
+    if padding == "eos":  # the farther the conditioning end token, the less it says: k = 1 > 2 > 4
+        assert data[0] > data[1] > data[2] > 0
+    else:
+        assert data == [0.0, 0.0, 0.0]

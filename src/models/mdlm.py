@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from src.losses.mdlm import MASK_EPS, forward_mask, mdlm_loss
-from src.models.components.mdlm_sampler import REMASKING, DiffusionSample, answer_tokens, diffusion_sample
+from src.models.components.mdlm_sampler import (
+    REMASKING,
+    DiffusionSample,
+    answer_tokens,
+    canvas_token_probs,
+    diffusion_sample,
+)
 from src.models.fsdp import gathered
 from src.models.logprobs import IGNORE_INDEX, batch_logprobs
 from src.models.objective import Objective, StepOutput
@@ -158,6 +164,13 @@ class MaskedDiffusionModule(Objective):
                 steps=steps if steps is not None else gen_length, block_length=block,
                 remasking=remasking or self.remasking, temperature=temperature, generator=generator,
             )
+
+    def token_probs(self, prompt_ids: Sequence[Sequence[int]], canvases: torch.Tensor, token_id: int
+                    ) -> torch.Tensor:  # canvases [B, G] ([MASK] where masked) -> [B, G]
+        """p(x_i = token_id | prompt, canvas) at every canvas position in one forward (canvas_token_probs)."""
+        with gathered(self.backbone):
+            return canvas_token_probs(self.backbone, prompt_ids, canvases, token_id, mask_id=self.mask_id,
+                                      pad_id=self.tokenizer.pad_id)
 
     @torch.no_grad()
     def sample_ids(self, prompt_ids: list[list[int]], max_new_tokens: int = 48,

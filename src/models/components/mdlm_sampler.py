@@ -60,6 +60,47 @@ def _gumbel(shape: tuple[int, ...], device: torch.device, generator: torch.Gener
     return -torch.log(-torch.log(u.clamp(min=1e-20, max=1 - 1e-16)))
 
 
+def _layout(prompt_ids: Sequence[Sequence[int]], gen_length: int, mask_id: int, pad_id: int, device: torch.device
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`prompt + [MASK]·gen_length` rows right-padded as the training collator lays them out: ids [B, T], canvas
+    index [B, T] (< 0 on the prompt), attention mask [B, T] and position ids [B, T]."""
+    b = len(prompt_ids)
+    plen = torch.tensor([len(p) for p in prompt_ids], device=device)  # [B]
+    width = int(plen.max()) + gen_length
+    x = torch.full((b, width), pad_id, dtype=torch.long, device=device)  # [B, T]
+    for i, p in enumerate(prompt_ids):
+        x[i, : len(p)] = torch.tensor(list(p), dtype=torch.long, device=device)
+        x[i, len(p) : len(p) + gen_length] = mask_id
+    cidx = torch.arange(width, device=device)[None, :] - plen[:, None]  # [B, T] canvas index (<0: prompt)
+    attention_mask = (cidx < gen_length).long()  # [B, T]
+    position_ids = torch.arange(width, device=device)[None, :] * attention_mask  # [B, T], as the collator
+    return x, cidx, attention_mask, position_ids
+
+
+@torch.no_grad()
+def canvas_token_probs(backbone: nn.Module, prompt_ids: Sequence[Sequence[int]], canvases: Tensor, token_id: int,
+                       *, mask_id: int, pad_id: int) -> Tensor:  # canvases [B, G] -> [B, G]
+    """p(x_i = token_id | prompt, canvas) at every canvas position i, in one forward of the denoiser: `canvases`
+    holds committed tokens and `mask_id` where masked. Used for the end token's spread: fix x_j = <eos>, everything
+    else masked, and read p(x_{j-k} = <eos>)."""
+    device = backbone.output_weight.device
+    b, g = canvases.shape
+    x, cidx, attention_mask, position_ids = _layout(prompt_ids, g, mask_id, pad_id, device)
+    take = (cidx >= 0) & (cidx < g)  # [B, T]
+    x[take] = canvases.to(device).reshape(-1)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        hidden = backbone(x, attention_mask=attention_mask, position_ids=position_ids)  # [B, T, d]
+    finally:
+        backbone.train(was_training)
+    logits = hidden[take].float() @ backbone.output_weight.float().T  # [B·G, V]
+    if backbone.output_bias is not None:
+        logits = logits + backbone.output_bias.float()
+    logits[:, mask_id] = float("-inf")
+    return logits.softmax(-1)[:, token_id].view(b, g)
+
+
 @torch.no_grad()
 def diffusion_sample(
     backbone: nn.Module,
@@ -93,15 +134,8 @@ def diffusion_sample(
     steps_per_block = steps // n_blocks
     device = backbone.output_weight.device
     b = len(prompt_ids)
-    plen = torch.tensor([len(p) for p in prompt_ids], device=device)  # [B]
-    width = int(plen.max()) + gen_length
-    x = torch.full((b, width), pad_id, dtype=torch.long, device=device)  # [B, T]
-    for i, p in enumerate(prompt_ids):
-        x[i, : len(p)] = torch.tensor(list(p), dtype=torch.long, device=device)
-        x[i, len(p) : len(p) + gen_length] = mask_id
-    cidx = torch.arange(width, device=device)[None, :] - plen[:, None]  # [B, T] canvas index (<0: prompt)
-    attention_mask = (cidx < gen_length).long()  # [B, T]
-    position_ids = torch.arange(width, device=device)[None, :] * attention_mask  # [B, T], as the collator
+    x, cidx, attention_mask, position_ids = _layout(prompt_ids, gen_length, mask_id, pad_id, device)
+    width = x.shape[1]
     commit_step = torch.full((b, width), -1, dtype=torch.long, device=device)  # [B, T]
     weight, bias = backbone.output_weight, backbone.output_bias
     ranks_base = torch.arange(width, device=device).expand(b, width)

@@ -1,0 +1,172 @@
+"""Judging a study's run dirs: the per-seed table, the paired differences and the verdict of the study's rule.
+
+Values are read from each job's metrics.json (src.report's reader); an arm's `prefix` is put before the metric
+name. A job that has not finished is listed as missing, never counted; the rule is applied only when every judged
+arm has every seed, and says `incomplete` otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from src.report.collect import Job
+from src.reproduce.launch import job_dir
+from src.reproduce.study import Study, StudyError
+
+Values = dict[str, dict[int, dict[str, float]]]  # arm -> seed -> metric -> value
+
+
+@dataclass
+class Criterion:
+    """One line of a verdict: what is required, what was measured, whether it holds."""
+
+    name: str
+    detail: str
+    passed: bool
+
+
+def collect(study: Study, out: Path, seeds: list[int]) -> tuple[Values, list[str]]:
+    """(values, missing jobs) of the study's arms for these seeds."""
+    values: Values = {}
+    missing = []
+    for arm in study.arms:
+        values[arm.name] = {}
+        for s in seeds:
+            d = job_dir(out, arm.name, s)
+            job = Job.read(d) if d.is_dir() else None
+            if job is None or not job.finished:
+                missing.append(f"{arm.name} seed {s}: {job.why_missing if job else 'not run'}")
+                continue
+            row = {}
+            for key in job.metrics or {}:
+                if key.startswith(arm.prefix):
+                    v = job.number(key)
+                    if v is not None:
+                        row[key[len(arm.prefix):]] = v
+            values[arm.name][s] = row
+    return values, missing
+
+
+def _fmt(v: float | None, pct: bool) -> str:
+    if v is None:
+        return "—"
+    return f"{100 * v:.1f}" if pct else f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def seed_table(study: Study, values: Values, seeds: list[int]) -> str:
+    """Rows (arm, seed) and (arm, mean ± std); columns the study's metrics (% where `percent` names them)."""
+    cols = study.metrics
+    head = "| arm | seed | " + " | ".join(f"{m} (%)" if m in study.percent else m for m in cols) + " |"
+    lines = [head, "|---|---|" + "---|" * len(cols)]
+    for arm in study.arms:
+        rows = values.get(arm.name, {})
+        for s in seeds:
+            if s in rows:
+                cells = [_fmt(rows[s].get(m), m in study.percent) for m in cols]
+                lines.append(f"| {arm.name} | {s} | " + " | ".join(cells) + " |")
+        if len(rows) > 1:
+            cells = []
+            for m in cols:
+                xs = [r[m] for r in rows.values() if m in r]
+                if not xs:
+                    cells.append("—")
+                    continue
+                mu, sd = mean_std(xs)
+                k = 100 if m in study.percent else 1
+                cells.append(f"{_fmt(mu * k, False)} ± {_fmt(sd * k, False)}")
+            lines.append(f"| **{arm.name}** | mean ± std | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(values: Values, a: str, b: str, metric: str, seeds: list[int]) -> list[float]:
+    """a − b per seed, over the seeds both arms have."""
+    return [values[a][s][metric] - values[b][s][metric] for s in seeds
+            if s in values.get(a, {}) and s in values.get(b, {})
+            and metric in values[a][s] and metric in values[b][s]]
+
+
+def pairs_table(study: Study, values: Values, seeds: list[int]) -> str:
+    if not study.pairs:
+        return ""
+    lines = ["| difference | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for a, b, m in study.pairs:
+        k = 100 if m in study.percent else 1
+        per = {s: values[a][s][m] - values[b][s][m] for s in seeds
+               if s in values.get(a, {}) and s in values.get(b, {}) and m in values[a][s] and m in values[b][s]}
+        cells = [_fmt(per[s] * k, False) if s in per else "—" for s in seeds]
+        mu, sd = mean_std(list(per.values())) if per else (float("nan"), float("nan"))
+        unit = " (points)" if m in study.percent else ""
+        lines.append(f"| {a} − {b}: {m}{unit} | " + " | ".join(cells) + f" | {_fmt(mu * k, False)} ± "
+                     f"{_fmt(sd * k, False)} |")
+    return "\n".join(lines)
+
+
+def rule_function(study: Study) -> tuple[Callable[..., list[Criterion]], dict[str, Any]]:
+    target = str(study.rule["_target_"])
+    module, _, name = target.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise StudyError(f"{study.path}: rule._target_={target} is not a function (see src/reproduce/rules.py)"
+                         ) from None
+    return fn, {k: v for k, v in study.rule.items() if k != "_target_"}
+
+
+def verdict(study: Study, values: Values, seeds: list[int], missing: list[str]) -> tuple[str, str]:
+    """(verdict word, markdown lines): `reproduced`, `not reproduced` or `incomplete`."""
+    fn, params = rule_function(study)
+    judged = [a.name for a in study.arms if a.judged]
+    gaps = [m for m in missing if m.split(" seed ")[0] in judged]
+    if gaps:
+        return "incomplete", "Not judged: missing jobs: " + "; ".join(gaps)
+    crits = fn({a: values[a] for a in judged}, seeds, **params)
+    word = "reproduced" if all(c.passed for c in crits) else "not reproduced"
+    lines = [f"- [{'x' if c.passed else ' '}] **{c.name}**: {c.detail}" for c in crits]
+    return word, "\n".join(lines)
+
+
+def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Path | None:
+    """The study's `plot`: each arm's mean (± std band over seeds) of `metrics` against `x`."""
+    spec = study.plot
+    if not spec:
+        return None
+    import matplotlib
+
+    from src.plots.save import save_png
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, metrics = list(spec["x"]), list(spec["metrics"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in study.arms:
+        rows = [values[arm.name][s] for s in seeds if s in values.get(arm.name, {})]
+        if not rows:
+            continue
+        ys = [[r[m] for r in rows if m in r] for m in metrics]
+        mu = [statistics.fmean(y) if y else float("nan") for y in ys]
+        sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+        line, = ax.plot(xs, mu, "o-", label=f"{arm.name} (n={len(rows)})")
+        ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)],
+                        color=line.get_color(), alpha=0.15)
+    if spec.get("hline"):
+        ref = [r[spec["hline"]] for a in values.values() for r in a.values() if spec["hline"] in r]
+        if ref:
+            ax.axhline(statistics.fmean(ref), ls="--", c="gray", label=spec.get("hline_label", spec["hline"]))
+    if spec.get("log2x"):
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=spec.get("xlabel", "x"), ylabel=spec.get("ylabel", ""), title=f"{study.name} ({len(seeds)} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_png(fig, path)
+    return path

@@ -1,0 +1,67 @@
+"""The pre-registered criteria, one function per study, as code: `rule(values, seeds, **thresholds)` returns the
+criteria (what is required, what was measured, whether it holds); the study is reproduced when all hold.
+
+`values[arm][seed][metric]` holds each finished job's final metrics (an arm's prefix already removed). The
+thresholds come from the study file, so the rule a table was judged by is the file committed before its numbers.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from src.reproduce.judge import Criterion, Values
+
+
+def _count(flags: Sequence[bool]) -> str:
+    return f"{sum(flags)}/{len(flags)} seeds"
+
+
+def rainbow_lengths(values: Values, seeds: list[int], *, collapsing: Sequence[str] = ("eos", "k1"),
+                    robust: str = "k7", ordered: Sequence[str] = ("k1", "k3", "k7"),
+                    canvases: Sequence[str] = ("1x", "2x", "4x"), at: str = "4x", collapse_max: float = 0.5,
+                    flat_tol: float = 0.15, robust_min: float = 0.75, valid_min: float = 0.95,
+                    metric_prefix: str = "eval/") -> list[Criterion]:
+    """Rainbow Padding's claim on answers of uncertain length (docs/results.md, "Rainbow on answers of uncertain
+    length"):
+
+    1. each `collapsing` arm's answers collapse at the largest canvas: len@`at` <= collapse_max × the data's mean
+       length (eval/target_len), in every seed;
+    2. the `robust` arm stays flat and long with valid answers, in every seed: at every canvas, len within
+       ±flat_tol of its len@1x, len >= robust_min × the data's mean length, and valid >= valid_min;
+    3. K orders the arms: the seed-mean len@`at` does not decrease along `ordered`.
+
+    Worked example: target_len 6.5, so the collapse bound is 0.5 × 6.5 = 3.25 tokens. eos with len@4x 0.6, 3.1,
+    3.3 over three seeds fails criterion 1 (3.3 > 3.25: 2/3 seeds). k7 with len 8.0, 7.5, 8.9 at 1x/2x/4x passes
+    flatness (|7.5 − 8.0| = 0.5 and |8.9 − 8.0| = 0.9 are both <= 0.15 × 8.0 = 1.2) and length (7.5 >= 0.75 × 6.5 =
+    4.875). tests/test_reproduce.py checks these numbers.
+    """
+    def v(arm: str, s: int, name: str) -> float:
+        return values[arm][s][metric_prefix + name]
+
+    crits = []
+    for arm in collapsing:
+        ok = [v(arm, s, f"len@{at}") <= collapse_max * v(arm, s, "target_len") for s in seeds]
+        got = ", ".join(f"{v(arm, s, f'len@{at}'):.2f}" for s in seeds)
+        crits.append(Criterion(f"{arm} collapses at {at}",
+                               f"len@{at} <= {collapse_max} × target_len in {_count(ok)} (len@{at}: {got}; "
+                               f"target_len {v(arm, seeds[0], 'target_len'):.2f})", all(ok)))
+    flat, long_, valid = [], [], []
+    for s in seeds:
+        base = v(robust, s, "len@1x")
+        flat.append(all(abs(v(robust, s, f"len@{c}") - base) <= flat_tol * base for c in canvases) and base > 0)
+        long_.append(all(v(robust, s, f"len@{c}") >= robust_min * v(robust, s, "target_len") for c in canvases))
+        valid.append(all(v(robust, s, f"valid@{c}") >= valid_min for c in canvases))
+    lens = "; ".join("/".join(f"{v(robust, s, f'len@{c}'):.2f}" for c in canvases) for s in seeds)
+    vals = "; ".join("/".join(f"{v(robust, s, f'valid@{c}'):.2f}" for c in canvases) for s in seeds)
+    crits.append(Criterion(f"{robust} stays flat", f"every canvas within ±{flat_tol:.0%} of len@1x in "
+                           f"{_count(flat)} (len@{'/'.join(canvases)} per seed: {lens})", all(flat)))
+    crits.append(Criterion(f"{robust} stays long", f"len >= {robust_min} × target_len at every canvas in "
+                           f"{_count(long_)}", all(long_)))
+    crits.append(Criterion(f"{robust} answers are valid", f"valid >= {valid_min:.0%} at every canvas in "
+                           f"{_count(valid)} (valid@{'/'.join(canvases)} per seed: {vals})", all(valid)))
+    means = [statistics.fmean(v(a, s, f"len@{at}") for s in seeds) for a in ordered]
+    crits.append(Criterion("K orders the arms", f"seed-mean len@{at} non-decreasing along {' ≤ '.join(ordered)}: "
+                           + " ≤ ".join(f"{m:.2f}" for m in means),
+                           all(a <= b for a, b in zip(means, means[1:]))))
+    return crits

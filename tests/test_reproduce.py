@@ -1,0 +1,110 @@
+"""`python -m src.reproduce`: a study file is checked, only unfinished jobs are planned, the per-seed table and the
+paired differences are right, and the rule's verdict follows the pre-registered thresholds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from src.reproduce.__main__ import main, report
+from src.reproduce.judge import collect, paired
+from src.reproduce.launch import job_dir, plan
+from src.reproduce.rules import rainbow_lengths
+from src.reproduce.study import StudyError, load_study, parse_seeds
+
+STUDY = "rainbow_lengths"
+
+
+def _job(out: Path, arm: str, seed: int, metrics: dict[str, float] | None, ckpt: bool = False) -> None:
+    d = job_dir(out, arm, seed)
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    if ckpt:
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "last.ckpt").write_text("x")
+
+
+def _lengths(l1: float, l2: float, l4: float, valid: float = 1.0) -> dict[str, float]:
+    return {"eval/target_len": 6.5, "eval/len@1x": l1, "eval/len@2x": l2, "eval/len@4x": l4,
+            "eval/valid@1x": valid, "eval/valid@2x": valid, "eval/valid@4x": valid}
+
+
+def _values(**arms: list[tuple[float, float, float]]) -> dict:
+    return {a: {s + 1: _lengths(*lens) for s, lens in enumerate(rows)}
+            for a, rows in arms.items()}
+
+
+def test_rule_worked_example_of_its_docstring() -> None:
+    v = _values(eos=[(1, 1, 0.6), (1, 1, 3.1), (1, 1, 3.3)], k1=[(1, 1, 1)] * 3, k3=[(3, 3, 3)] * 3,
+                k7=[(8.0, 7.5, 8.9)] * 3)
+    crits = {c.name: c for c in rainbow_lengths(v, [1, 2, 3])}
+    assert not crits["eos collapses at 4x"].passed and "2/3 seeds" in crits["eos collapses at 4x"].detail
+    assert crits["k1 collapses at 4x"].passed
+    assert crits["k7 stays flat"].passed and crits["k7 stays long"].passed and crits["k7 answers are valid"].passed
+    assert crits["K orders the arms"].passed
+
+
+def test_rule_fails_each_robustness_criterion_on_its_own() -> None:
+    base = dict(eos=[(1, 1, 1)] * 2, k1=[(1, 1, 1)] * 2, k3=[(3, 3, 3)] * 2)
+    crits = {c.name: c.passed for c in rainbow_lengths(_values(**base, k7=[(8, 8, 9.3)] * 2), [1, 2])}
+    assert not crits["k7 stays flat"] and crits["k7 stays long"]  # 9.3 is 16 % above 8
+    crits = {c.name: c.passed for c in rainbow_lengths(_values(**base, k7=[(4.8, 4.8, 4.8)] * 2), [1, 2])}
+    assert crits["k7 stays flat"] and not crits["k7 stays long"]  # 4.8 < 0.75 × 6.5
+    crits = {c.name: c.passed for c in rainbow_lengths(_values(**base, k7=[(2, 2, 2)] * 2), [1, 2])}
+    assert not crits["K orders the arms"]  # k3 (3) > k7 (2)
+
+
+def test_plan_skips_finished_jobs_continues_interrupted_ones_and_starts_retrofits_from_their_arm(tmp_path: Path
+                                                                                                 ) -> None:
+    study = load_study(STUDY)
+    _job(tmp_path, "eos", 1, {"x": 1.0})
+    _job(tmp_path, "eos", 2, None, ckpt=True)
+    launches = plan(study, tmp_path, [1, 2, 3], ["trainer.max_steps=10"], arms=["eos", "retrofit"])
+    eos = [la for la in launches if la.arm == "eos"]
+    assert [la.seeds for la in eos] == [[2], [3]]
+    assert f"ckpt_path={job_dir(tmp_path, 'eos', 2)}" in eos[0].argv  # continues its own run dir
+    assert "--multirun" in eos[1].argv and "seed=3" in eos[1].argv and "trainer.max_steps=10" in eos[1].argv
+    retro = [la for la in launches if la.arm == "retrofit"]
+    assert [la.seeds for la in retro] == [[1], [2], [3]] and launches[-1].arm == "retrofit"
+    assert f"ckpt_path={job_dir(tmp_path, 'eos', 1)}/checkpoints/last.ckpt" in retro[0].argv
+    assert "experiment=rainbow/lengths_retrofit" in retro[0].argv
+
+
+def test_report_table_pairs_and_verdict_from_run_dirs(tmp_path: Path) -> None:
+    for s in (1, 2):
+        _job(tmp_path, "eos", s, _lengths(1.0, 0.8, 0.5 + s))
+        _job(tmp_path, "k1", s, _lengths(1.0, 1.0, 1.0))
+        _job(tmp_path, "k3", s, _lengths(3.0, 3.0, 3.0))
+        _job(tmp_path, "k7", s, _lengths(8.0, 8.0, 8.0 + s / 10))
+    _job(tmp_path, "retrofit", 1, {"finetune/eval/len@4x": 5.0})  # reported, not judged; seed 2 missing
+    study = load_study(STUDY)
+    values, missing = collect(study, tmp_path, [1, 2])
+    assert values["retrofit"][1]["eval/len@4x"] == 5.0 and missing == ["retrofit seed 2: not run"]
+    assert paired(values, "k7", "eos", "eval/len@4x", [1, 2]) == pytest.approx([6.6, 5.7])
+    word, text = report(STUDY, tmp_path, [1, 2])
+    assert word == "reproduced"
+    assert "| eos | 1 | 6.5 | 1 | 0.8 | 1.5 |" in text
+    assert "| k7 − eos: eval/len@4x | 6.6 | 5.7 | 6.15 ± 0.636 |" in text
+    assert "- [x] **eos collapses at 4x**" in text and "Missing jobs (not counted): retrofit seed 2" in text
+    assert (tmp_path / "rainbow_lengths.png").is_file()
+    _job(tmp_path, "k7", 3, None)
+    word, text = report(STUDY, tmp_path, [1, 2, 3])
+    assert word == "incomplete" and "k7 seed 3: no metrics.json" in text
+
+
+def test_bad_study_and_command_line_are_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(StudyError, match="no study 'nope'"):
+        load_study("nope")
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: s\nseeds: [1]\narms: {a: [x=1]}\nmetrics: [m]\nrule: {_target_: f}\nexperimant: e\n")
+    with pytest.raises(StudyError, match="unknown keys \\['experimant'\\]"):
+        load_study(str(bad))
+    with pytest.raises(StudyError, match="seeds=\\[a\\]"):
+        parse_seeds("[a]")
+    assert parse_seeds("[4, 5]") == [4, 5]
+    with pytest.raises(StudyError, match="neither seeds"):
+        main([STUDY, "oops", "--judge", "--out", str(tmp_path)])

@@ -108,3 +108,14 @@ def test_bad_study_and_command_line_are_one_error(tmp_path: Path, capsys: pytest
     assert parse_seeds("[4, 5]") == [4, 5]
     with pytest.raises(StudyError, match="neither seeds"):
         main([STUDY, "oops", "--judge", "--out", str(tmp_path)])
+
+
+def test_beats_by_margins_worked_example() -> None:
+    from src.reproduce.rules import beats_by_margins
+
+    v = {"skillit": {1: {"a": 0.80}, 2: {"a": 0.84}}, "stratified": {1: {"a": 0.79}, 2: {"a": 0.81}},
+         "random": {1: {"a": 0.78}, 2: {"a": 0.78}}}
+    crits = beats_by_margins(v, [1, 2], arm="skillit", metric="a", margins={"stratified": 2, "random": 5},
+                             scale=100)
+    assert [c.passed for c in crits] == [True, False]
+    assert "difference +2.0" in crits[0].detail and "per seed: +2.0, +6.0" in crits[1].detail

@@ -136,7 +136,8 @@ def verdict(study: Study, values: Values, seeds: list[int], missing: list[str]) 
 
 
 def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Path | None:
-    """The study's `plot`: each arm's mean (± std band over seeds) of `metrics` against `x`."""
+    """The study's `plot`: each arm's mean (± std band over seeds) of its final `metrics` placed at `x`, or of the
+    logged `curve` (a csv/metrics.csv column) against the step."""
     spec = study.plot
     if not spec:
         return None
@@ -147,18 +148,11 @@ def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs, metrics = list(spec["x"]), list(spec["metrics"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in study.arms:
-        rows = [values[arm.name][s] for s in seeds if s in values.get(arm.name, {})]
-        if not rows:
-            continue
-        ys = [[r[m] for r in rows if m in r] for m in metrics]
-        mu = [statistics.fmean(y) if y else float("nan") for y in ys]
-        sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
-        line, = ax.plot(xs, mu, "o-", label=f"{arm.name} (n={len(rows)})")
-        ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)],
-                        color=line.get_color(), alpha=0.15)
+    if spec.get("curve"):
+        _curves(ax, study, spec["curve"], seeds, out_dir=path.parent)
+    else:
+        _points(ax, study, spec, values, seeds)
     if spec.get("hline"):
         ref = [r[spec["hline"]] for a in values.values() for r in a.values() if spec["hline"] in r]
         if ref:
@@ -170,3 +164,34 @@ def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Pa
     ax.legend(fontsize=8)
     save_png(fig, path)
     return path
+
+
+def _band(ax: Any, xs: list[float], ys: list[list[float]], label: str) -> None:
+    """The mean of each x's values, with a ± std band over seeds."""
+    mu = [statistics.fmean(y) if y else float("nan") for y in ys]
+    sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+    line, = ax.plot(xs, mu, "o-" if len(xs) < 20 else "-", label=label)
+    ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)], color=line.get_color(),
+                    alpha=0.15)
+
+
+def _curves(ax: Any, study: Study, column: str, seeds: list[int], out_dir: Path) -> None:
+    """Each arm's logged `column` (csv/metrics.csv) against the step, over the steps every seed logged."""
+    for arm in study.arms:
+        runs = [dict(Job.read(job_dir(out_dir, arm.name, s)).curves().get(column, [])) for s in seeds
+                if job_dir(out_dir, arm.name, s).is_dir()]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        steps = sorted(set.intersection(*(set(r) for r in runs)))
+        _band(ax, steps, [[r[t] for r in runs] for t in steps], f"{arm.name} (n={len(runs)})")
+
+
+def _points(ax: Any, study: Study, spec: dict[str, Any], values: Values, seeds: list[int]) -> None:
+    """Each arm's final `metrics` placed at `x` (e.g. length at each canvas)."""
+    xs, metrics = list(spec["x"]), list(spec["metrics"])
+    for arm in study.arms:
+        rows = [values[arm.name][s] for s in seeds if s in values.get(arm.name, {})]
+        if not rows:
+            continue
+        _band(ax, xs, [[r[m] for r in rows if m in r] for m in metrics], f"{arm.name} (n={len(rows)})")

@@ -65,3 +65,22 @@ def rainbow_lengths(values: Values, seeds: list[int], *, collapsing: Sequence[st
                            + " ≤ ".join(f"{m:.2f}" for m in means),
                            all(a <= b for a, b in zip(means, means[1:]))))
     return crits
+
+
+def beats_by_margins(values: Values, seeds: list[int], *, arm: str, metric: str, margins: dict[str, float],
+                     scale: float = 1.0, unit: str = "") -> list[Criterion]:
+    """`arm` beats each other arm by its margin on the seed-mean of `metric`: mean(arm) − mean(other) >= margin,
+    one criterion per other arm (`scale` shows values in the unit of the margins, e.g. 100 for points).
+
+    Worked example (Skill-It, metric skill/acc_auc, scale 100, margins stratified 2, random 5): AUCs 0.80, 0.84 for
+    skillit and 0.79, 0.81 for stratified give 82.0 − 80.0 = 2.0 >= 2: holds; random at 0.78, 0.78 gives 82.0 −
+    78.0 = 4.0 < 5: fails. The paired per-seed differences are in the report's table; the rule is the mean's."""
+    mine = statistics.fmean(values[arm][s][metric] for s in seeds) * scale
+    crits = []
+    for other, margin in margins.items():
+        theirs = statistics.fmean(values[other][s][metric] for s in seeds) * scale
+        per = ", ".join(f"{(values[arm][s][metric] - values[other][s][metric]) * scale:+.1f}" for s in seeds)
+        crits.append(Criterion(f"{arm} ≥ {other} + {margin:g}{unit}",
+                               f"seed-mean {metric}: {mine:.1f} vs {theirs:.1f}, difference {mine - theirs:+.1f}"
+                               f"{unit} (per seed: {per})", mine - theirs >= margin - 1e-9))
+    return crits

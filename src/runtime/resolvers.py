@@ -52,6 +52,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ts.root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("ts.mul"):
         OmegaConf.register_new_resolver("ts.mul", lambda *xs: _product(xs))
+    if not OmegaConf.has_resolver("ts.every"):
+        # ${ts.every:${trainer.max_steps},120}: an interval giving about n evaluations over the run (at least 1 step)
+        OmegaConf.register_new_resolver("ts.every", lambda steps, n: max(1, int(steps) // int(n)))
 
 
 def _product(xs: tuple) -> int | float:

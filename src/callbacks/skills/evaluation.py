@@ -378,4 +378,19 @@ class SkillEvalCallback(Callback):
         half = min(self.evals, key=lambda e: abs(e["step"] - last["step"] / 2))
         out[f"skill/{metric}_mean_half"] = float(np.mean(half[metric]))
         out["skill/half_step"] = half["step"]
+        out[f"skill/{metric}_auc"] = curve_area([e["step"] for e in self.evals],
+                                                [float(np.mean(e[metric])) for e in self.evals])
         return out
+
+
+def curve_area(steps: list[int], values: list[float]) -> float:
+    """The area under a metric's curve over training, per step: the trapezoid integral from the first to the last
+    evaluation divided by that span, i.e. the curve's time-average (a value in the metric's own units; one
+    evaluation gives that value). Skill-It's claim is speed, which the area shows and the final value does not.
+
+    Worked example: mean accuracies 0, 0.5, 1 at steps 0, 50, 150: (0 + 0.5) / 2 · 50 + (0.5 + 1) / 2 · 100 = 12.5
+    + 75 = 87.5, over 150 steps: 0.5833."""
+    if len(steps) == 1:
+        return float(values[0])
+    total = sum((b - a) * (u + v) / 2 for a, b, u, v in zip(steps, steps[1:], values, values[1:]))
+    return float(total / (steps[-1] - steps[0])) if steps[-1] > steps[0] else float(values[-1])

@@ -69,13 +69,21 @@ class SkillItCallback(SkillEvalCallback):
         """First step of round t (1-based): rounds split max_steps evenly."""
         return (t - 1) * max_steps // self.rounds
 
+    def window_holds_start(self, max_steps: int) -> bool:
+        """Whether round 2's mixture is computed from a window that still holds the step-0 evaluation: evaluations
+        at 0, e, 2e, ... up to round 2's first step (evaluated before the update there) number round_len // e + 1;
+        the window keeps the last `window` of them. Example: 3000 steps, 6 rounds, e = 250, window 3 -> evaluations
+        at 0, 250, 500 -> True (the H200 LEGO run); 6000 steps, e = 50 -> 21 evaluations -> False."""
+        round_len = max(1, max_steps // self.rounds)
+        return self.eval_at_start and self.rounds > 1 and round_len // self.eval_every + 1 <= self.window
+
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any) -> None:
         mask = target_mask(dm.k, self.target_skills, dm.skill_names)
         if self.eval_every > max(1, trainer.max_steps // self.rounds):
             log.warning("Skill-It: eval_every=%d > round length %d: rounds reuse old losses",
                         self.eval_every, trainer.max_steps // self.rounds)
         round_len = max(1, trainer.max_steps // self.rounds)
-        if self.eval_at_start and self.rounds > 1 and round_len // self.eval_every + 1 <= self.window:
+        if self.window_holds_start(trainer.max_steps):
             # Seen on LEGO with SmolLM2 (docs/results.md): step-0 losses of the untrained answer format (~8.7 on
             # every skill) stayed in round 2's window, and the graph's row sums turned them into a 99.6 % mixture
             # on one skill. The paper's schedule (1000-step rounds, evaluations every 250) never holds them.
@@ -83,7 +91,26 @@ class SkillItCallback(SkillEvalCallback):
                         "model's losses, often about ln V on every skill); it can decide round 2's mixture. "
                         "Evaluate more often (eval_every <= %d), use fewer rounds, or set "
                         "curriculum.callback.eval_at_start=false", self.window, round_len // self.window)
+        self._check_pool(trainer, dm, round_len)
         dm.set_mixture(skillit_mixture(self._graph(dm), None, self.eta, mask))
+
+    def _check_pool(self, trainer: pl.Trainer, dm: Any, round_len: int) -> None:
+        """Warn when a round that puts all its weight on one skill would cycle through that skill's pool more than
+        once: the mixture then trains on repeats, which the reference code avoids by drawing fresh examples every
+        round (the H200 LEGO run made ~9 passes over one skill's 1.8k questions in one round; docs/skillit.md)."""
+        sizes = list(getattr(dm, "pool_sizes", []) or [])
+        if not sizes:
+            return
+        draws = round_len * int(dm.batch_size) * max(1, trainer.world_size) * max(1, trainer.accumulate_grad_batches)
+        names = list(getattr(dm, "skill_names", [f"skill{i + 1}" for i in range(len(sizes))]))
+        small = [(n, k) for n, k in zip(names, sizes) if k < draws]
+        if small:
+            need = int(np.ceil(draws * sum(sizes) / min(sizes)))
+            log.warning("Skill-It: a round of %d steps draws up to %d examples; the pools of %s hold fewer (%s), so a "
+                        "round weighted on one of them repeats each example %.1f times on average. Raise "
+                        "data.n_train to >= %d (generated tasks) or give more records of those skills",
+                        round_len, draws, ", ".join(n for n, _ in small), ", ".join(str(k) for _, k in small),
+                        draws / min(k for _, k in small), need)
 
     def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
         if self.round >= self.rounds or step < self.round_start(self.round + 1, trainer.max_steps):

@@ -119,3 +119,21 @@ def test_beats_by_margins_worked_example() -> None:
                              scale=100)
     assert [c.passed for c in crits] == [True, False]
     assert "difference +2.0" in crits[0].detail and "per seed: +2.0, +6.0" in crits[1].detail
+
+
+def test_equal_docs_reads_the_deterministic_curve_at_the_stochastok_runs_problem_count() -> None:
+    from src.reproduce.rules import equal_docs, value_at
+
+    det_x, det_y = [(10, 1000.0), (20, 2000.0)], [(10, 0.40), (20, 0.80)]
+    assert value_at(det_x, det_y, 1500) == pytest.approx(0.60) and value_at(det_x, det_y, 2500) is None
+    values = {"p03": {s: {"acc": a, "char": a} for s, a in ((1, 0.55), (2, 0.61), (3, 0.58))},
+              "p0": {s: {} for s in (1, 2, 3)}}
+    curves = {"p0": {s: {"train/docs_seen": det_x, "acc": det_y} for s in (1, 2, 3)},
+              "p03": {s: {"train/docs_seen": [(15, 1500.0), (30, 2500.0)],  # the 2nd is past p0's range: left out
+                          "acc": [(15, values["p03"][s]["acc"]), (30, 0.9)]} for s in (1, 2, 3)}}
+    crits = equal_docs(values, [1, 2, 3], curves=curves, stoch="p03", det="p0", metric="acc", robust_metric="char")
+    assert "mean difference -2.0 ± 3.0" in crits[0].detail and crits[0].passed  # d = -5, +1, -2
+    assert crits[1].passed
+    values["p03"][2]["char"] = 0.50  # 11 points below its training tokenization in seed 2
+    assert not equal_docs(values, [1, 2, 3], curves=curves, stoch="p03", det="p0", metric="acc",
+                          robust_metric="char")[1].passed

@@ -141,3 +141,21 @@ def test_two_stage_langgame_run_reports_game_accuracy(run_dir: Path) -> None:
     d_pre = (ft["state_dict"][w] - pre["state_dict"][w]).norm()
     d_fresh = (ft["state_dict"][w] - fresh.embed.weight.detach()).norm()
     assert d_pre < 0.5 * d_fresh
+
+
+def test_docs_seen_counts_problems_and_a_stochastok_step_holds_fewer(tmp_path: Path) -> None:
+    """train/docs_seen is the number of finished problems trained on; at p = 0.3 the rows are packed short enough
+    for their expansion to fit (49 of 65 tokens at seq_len 64), so 4 steps see about 3/4 of p = 0's problems."""
+    seen = {}
+    for p in (0.0, 0.3):
+        run_dir = tmp_path / f"p{p}"
+        run_training(compose_cfg([
+            "experiment=stochastok/addition", "debug=smoke", f"data.stochastok.p={p}", "data.task.n_docs=3000",
+            "callbacks.addition_eval.n_eval=4", "callbacks.run_artifacts.sample_max_new_tokens=0",
+            "model.d_model=32", "model.n_layers=1"], run_dir))
+        seen[p] = json.loads((run_dir / "metrics.json").read_text())["train/docs_seen"]
+        logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert "train/docs_seen" in logged and "addition/acc_train_tok" in logged
+    # an addition problem is ~12 tokens, so 4 steps x 32 rows x 64 tokens hold several hundred
+    assert 4 * 32 * 64 / 20 < seen[0.0] < 4 * 32 * 65 / 8
+    assert 0.6 < seen[0.3] / seen[0.0] < 0.9

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from src.report.__main__ import atomic_write_text
 from src.report.collect import ReportError
-from src.reproduce.judge import collect, curve_plot, pairs_table, seed_table, verdict
+from src.reproduce.judge import collect, curve_plot, load_curves, pairs_table, seed_table, verdict
 from src.reproduce.launch import ROOT, check_record, plan, run_launches
 from src.reproduce.study import StudyError, available, load_study, parse_seeds
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def report(study_name: str, out: Path, seeds: list[int]) -> tuple[str, str]:
     study = load_study(study_name)
     values, missing = collect(study, out, seeds)
-    word, lines = verdict(study, values, seeds, missing)
+    word, lines = verdict(study, values, seeds, missing, load_curves(study, out, seeds) if study.curves else None)
     shown = study.path.relative_to(ROOT) if study.path.is_relative_to(ROOT) else study.path
     parts = [f"# {study.name}: {word}", "", f"Study file: `{shown}`; "
              f"seeds {seeds}; jobs in `{out}`; judged {date.today().isoformat()}.", "",

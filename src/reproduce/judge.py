@@ -19,6 +19,7 @@ from src.reproduce.launch import job_dir
 from src.reproduce.study import Study, StudyError
 
 Values = dict[str, dict[int, dict[str, float]]]  # arm -> seed -> metric -> value
+Curves = dict[str, dict[int, dict[str, list[tuple[int, float]]]]]  # arm -> seed -> column -> [(step, value)]
 
 
 @dataclass
@@ -122,13 +123,31 @@ def rule_function(study: Study) -> tuple[Callable[..., list[Criterion]], dict[st
     return fn, {k: v for k, v in study.rule.items() if k != "_target_"}
 
 
-def verdict(study: Study, values: Values, seeds: list[int], missing: list[str]) -> tuple[str, str]:
+def load_curves(study: Study, out: Path, seeds: list[int]) -> Curves:
+    """The study's `curves` columns of every finished job (csv/metrics.csv; an arm's prefix names its stage dir)."""
+    found: Curves = {}
+    for arm in study.arms:
+        found[arm.name] = {}
+        for s in seeds:
+            d = job_dir(out, arm.name, s)
+            if not (d / "metrics.json").is_file():
+                continue
+            job = Job.read(d)
+            job.stage = arm.prefix.rstrip("/")
+            found[arm.name][s] = {c: job.curves().get(c, []) for c in study.curves}
+    return found
+
+
+def verdict(study: Study, values: Values, seeds: list[int], missing: list[str], curves: Curves | None = None
+            ) -> tuple[str, str]:
     """(verdict word, markdown lines): `reproduced`, `not reproduced` or `incomplete`."""
     fn, params = rule_function(study)
     judged = [a.name for a in study.arms if a.judged]
     gaps = [m for m in missing if m.split(" seed ")[0] in judged]
     if gaps:
         return "incomplete", "Not judged: missing jobs: " + "; ".join(gaps)
+    if study.curves:
+        params = {**params, "curves": {a: (curves or {}).get(a, {}) for a in judged}}
     crits = fn({a: values[a] for a in judged}, seeds, **params)
     word = "reproduced" if all(c.passed for c in crits) else "not reproduced"
     lines = [f"- [{'x' if c.passed else ' '}] **{c.name}**: {c.detail}" for c in crits]
@@ -150,7 +169,7 @@ def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Pa
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if spec.get("curve"):
-        _curves(ax, study, spec["curve"], seeds, out_dir=path.parent)
+        _curves(ax, study, spec["curve"], seeds, out_dir=path.parent, x=spec.get("curve_x"))
     else:
         _points(ax, study, spec, values, seeds)
     if spec.get("hline"):
@@ -175,16 +194,18 @@ def _band(ax: Any, xs: list[float], ys: list[list[float]], label: str) -> None:
                     alpha=0.15)
 
 
-def _curves(ax: Any, study: Study, column: str, seeds: list[int], out_dir: Path) -> None:
-    """Each arm's logged `column` (csv/metrics.csv) against the step, over the steps every seed logged."""
+def _curves(ax: Any, study: Study, column: str, seeds: list[int], out_dir: Path, x: str | None = None) -> None:
+    """Each arm's logged `column` (csv/metrics.csv) against the step, or against the seeds' mean of another logged
+    column `x` at the same steps (e.g. train/docs_seen), over the steps every seed logged."""
     for arm in study.arms:
-        runs = [dict(Job.read(job_dir(out_dir, arm.name, s)).curves().get(column, [])) for s in seeds
-                if job_dir(out_dir, arm.name, s).is_dir()]
-        runs = [r for r in runs if r]
+        jobs = [Job.read(job_dir(out_dir, arm.name, s)) for s in seeds if job_dir(out_dir, arm.name, s).is_dir()]
+        runs = [(dict(j.curves().get(column, [])), dict(j.curves().get(x, [])) if x else {}) for j in jobs]
+        runs = [(r, xs) for r, xs in runs if r and (xs or not x)]
         if not runs:
             continue
-        steps = sorted(set.intersection(*(set(r) for r in runs)))
-        _band(ax, steps, [[r[t] for r in runs] for t in steps], f"{arm.name} (n={len(runs)})")
+        steps = sorted(set.intersection(*(set(r) & (set(xs) if x else set(r)) for r, xs in runs)))
+        at = [statistics.fmean(xs[t] for _, xs in runs) for t in steps] if x else steps
+        _band(ax, at, [[r[t] for r, _ in runs] for t in steps], f"{arm.name} (n={len(runs)})")
 
 
 def _points(ax: Any, study: Study, spec: dict[str, Any], values: Values, seeds: list[int]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from src.reproduce.judge import Criterion, Values
+from src.reproduce.judge import Criterion, Curves, Values
 
 
 def _count(flags: Sequence[bool]) -> str:
@@ -84,3 +84,64 @@ def beats_by_margins(values: Values, seeds: list[int], *, arm: str, metric: str,
                                f"seed-mean {metric}: {mine:.1f} vs {theirs:.1f}, difference {mine - theirs:+.1f}"
                                f"{unit} (per seed: {per})", mine - theirs >= margin - 1e-9))
     return crits
+
+
+def value_at(curve_x: list[tuple[int, float]], curve_y: list[tuple[int, float]], x: float) -> float | None:
+    """y at x along a run's curve, x and y logged at the same steps, linear between logged points (x increasing);
+    None when x lies outside what was logged."""
+    xs = dict(curve_x)
+    pts = sorted((xs[s], y) for s, y in curve_y if s in xs)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1] if pts and pts[0][0] == x else None
+
+
+def equal_docs(values: Values, seeds: list[int], *, curves: Curves, stoch: str, det: str, metric: str,
+               robust_metric: str, x: str = "train/docs_seen", robust_gap: float = 0.05, scale: float = 100.0
+               ) -> list[Criterion]:
+    """StochasTok at equal problems seen (docs/results.md, "StochasTok at equal problems seen"):
+
+    1. in each seed, d = the mean over the `stoch` run's evaluations of its `metric` minus the `det` run's `metric`
+       read off its curve at the same number of documents seen (`x`, linear between evaluations; evaluations past
+       the `det` run's last count are left out). So d compares the two learning curves over the whole run, at equal
+       problems, not only their (often saturated) ends. The seed-mean d must not be below 0 by more than the seeds'
+       noise: mean(d) >= −std(d);
+    2. `stoch` stays robust to the other tokenization: its final `robust_metric` >= `metric` − robust_gap, in every
+       seed.
+
+    Worked example (scale 100): det's accuracy is 0.40 at 1000 documents and 0.80 at 2000; stoch evaluated once,
+    at 1500 documents with 0.55 -> det at 1500 is 0.60, d = −5 points. With d = −5, +1, −2 over three seeds: mean
+    −2.0, std 3.0, −2.0 >= −3.0 holds.
+    """
+    import statistics
+
+    ds, detail = [], []
+    for s in seeds:
+        det_x, det_y = curves[det][s][x], curves[det][s][metric]
+        own_x = dict(curves[stoch][s][x])
+        diffs = []
+        for step, mine in curves[stoch][s][metric]:
+            if step not in own_x:
+                continue
+            theirs = value_at(det_x, det_y, own_x[step])
+            if theirs is not None:
+                diffs.append(mine - theirs)
+        if not diffs:
+            return [Criterion("equal problems seen", f"seed {s}: no {stoch} evaluation lies within the {det} run's "
+                              f"logged {x} range", False)]
+        ds.append(statistics.fmean(diffs) * scale)
+        detail.append(f"seed {s}: {ds[-1]:+.1f} over {len(diffs)} evaluations")
+    mean = statistics.fmean(ds)
+    sd = statistics.stdev(ds) if len(ds) > 1 else 0.0
+    robust = [values[stoch][s][robust_metric] >= values[stoch][s][metric] - robust_gap for s in seeds]
+    rob = ", ".join(f"{values[stoch][s][robust_metric] * scale:.1f} vs {values[stoch][s][metric] * scale:.1f}"
+                    for s in seeds)
+    return [
+        Criterion(f"{stoch} not below {det} at equal problems seen",
+                  f"{metric}: mean difference {mean:+.1f} ± {sd:.1f} points (std over seeds) >= −{sd:.1f} ("
+                  + "; ".join(detail) + ")", mean >= -sd - 1e-9),
+        Criterion(f"{stoch} robust to {robust_metric.rsplit('/', 1)[-1]}",
+                  f"{robust_metric} >= {metric} − {robust_gap * scale:g} points in {_count(robust)} ({rob})",
+                  all(robust)),
+    ]

@@ -10,7 +10,9 @@
     metrics: [eval/len@1x, eval/len@4x]    # the per-seed table's columns
     pairs: [[k7, eos, eval/len@4x]]        # paired differences a - b per seed
     rule: {_target_: src.reproduce.rules.rainbow_lengths, ...thresholds}
+    curves: [train/docs_seen]              # logged columns the rule reads (csv/metrics.csv), if any
     plot: {x: [16, 32, 64], metrics: [eval/len@1x, ...], xlabel: ..., ylabel: ..., hline: eval/target_len}
+    #  or {curve: <logged column>, curve_x: <logged column, default the step>, xlabel: ..., ylabel: ...}
 
 An arm's `prefix` is put before every metric name it is read with (a two-stage run's `finetune/`); `from_arm`
 starts each seed from that arm's final checkpoint of the same seed (`ckpt_path=<from>/seed_<s>/checkpoints/last.ckpt`);
@@ -26,7 +28,8 @@ from typing import Any
 import yaml
 
 STUDIES = Path(__file__).parent / "studies"
-KEYS = {"name", "description", "experiment", "seeds", "common", "arms", "metrics", "percent", "pairs", "rule", "plot"}
+KEYS = {"name", "description", "experiment", "seeds", "common", "arms", "metrics", "percent", "pairs", "rule", "plot",
+        "curves"}
 ARM_KEYS = {"overrides", "experiment", "prefix", "from_arm", "judged"}
 
 
@@ -57,6 +60,7 @@ class Study:
     percent: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str, str]] = field(default_factory=list)
     plot: dict[str, Any] | None = None
+    curves: list[str] = field(default_factory=list)
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -123,7 +127,7 @@ def load_study(name_or_path: str) -> Study:
     return Study(name=str(raw.get("name", path.stem)), path=path, seeds=seeds, arms=arms,
                  metrics=_strings(raw["metrics"], "metrics"), rule=rule, description=str(raw.get("description", "")),
                  common=_strings(raw.get("common"), "common"), percent=_strings(raw.get("percent"), "percent"),
-                 pairs=pairs, plot=raw.get("plot"))
+                 pairs=pairs, plot=raw.get("plot"), curves=_strings(raw.get("curves"), "curves"))
 
 
 def parse_seeds(text: str) -> list[int]:

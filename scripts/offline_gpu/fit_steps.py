@@ -1,11 +1,11 @@
 """How many steps fit a time budget, from a probe sweep whose jobs were all stopped by `budget_sweep.py`.
 
-    python scripts/offline_gpu/fit_steps.py PROBE_DIR SECONDS [--multiple 1200] [--max 6000]
+    python scripts/offline_gpu/fit_steps.py PROBE_DIR SECONDS [--multiple 120] [--max 6000]
 
 Prints the largest multiple of `--multiple` (at most `--max`) that the *slowest* probe job would reach in SECONDS
 of training at its measured pace. The probe must run the same jobs side by side as the real sweep, since on one
 GPU they share it. Why a multiple: Skill-It's rounds are `max_steps / rounds` long and should hold a whole number
-of evaluations (LEGO: 6 rounds x 4 evaluations, every steps/24 -> 1200; lego_smollm2.sh sets that interval).
+of evaluations (LEGO: 120 evaluations, every steps/120, in 6 rounds -> 120).
 Exit status 1, with the reason, when no probe job has a pace or not even one multiple fits.
 """
 
@@ -33,7 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("probe_dir", type=Path)
     ap.add_argument("seconds", type=float)
-    ap.add_argument("--multiple", type=int, default=1200)
+    ap.add_argument("--multiple", type=int, default=120)
     ap.add_argument("--max", type=int, default=6000)
     args = ap.parse_args()
     runs = sorted(p for p in args.probe_dir.iterdir() if (p / "preemptions.json").is_file())

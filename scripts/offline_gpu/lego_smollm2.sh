@@ -6,16 +6,16 @@
 #   bash scripts/offline_gpu/lego_smollm2.sh --fit BUDGET_S [extra overrides]
 #       for a machine that will not be there for a second call: a probe (PROBE_S, default 150 s, of the same nine
 #       jobs) measures the pace, then the sweep runs with the most steps that finish inside BUDGET_S (a multiple of
-#       1200, at most 6000), evaluating every steps/24: 6 Skill-It rounds of 4 evaluations each, as the paper's
-#       6000 steps at 250. Fewer evaluations per round would keep the untrained step-0 losses in round 2's window
-#       of 3 (docs/results.md, the H200 run).
+#       120, at most 6000), on the reference code's schedule, the experiment's default: an evaluation every
+#       steps/120 (20 per Skill-It round; 2 per round kept the untrained step-0 losses in round 2's window on the
+#       H200, docs/results.md), and a pool sized so that every skill holds a whole round's draws.
 #   bash scripts/offline_gpu/lego_smollm2.sh --probe PROBE_DIR PROBE_S [extra overrides]
 #       only the probe, kept in PROBE_DIR for a later --fit-from. It needs no GGUF: without one the nine jobs train
 #       random weights of SmolLM2's shape (.offline/smollm2-shape: its config and tokenizer), the same compute.
 #       For a machine whose upload limit splits the GGUF over two calls: probe in the first, sweep in the second.
 #   bash scripts/offline_gpu/lego_smollm2.sh --fit-from PROBE_DIR BUDGET_S [extra overrides]
 #       --fit with that earlier probe's pace instead of a new probe (saves the probe and a second model load)
-# CURRICULA and SEEDS (comma lists) change the sweep; FIT_MULTIPLE (default 1200) the step granularity of the fit;
+# CURRICULA and SEEDS (comma lists) change the sweep; FIT_MULTIPLE (default 120) the step granularity of the fit;
 # MPS=0 keeps CUDA's multi-process service off (on by default where it starts: nine small jobs share the GPU's
 # time slices far better through it). Writes the table, the plots, the sweep's log and a tarball of the run dirs
 # (no checkpoints) to $OUT (default outputs/lego_smollm2_out), a handful of files.
@@ -93,15 +93,17 @@ if [ "$MODE" = fit ]; then
 print(int(max((float('$PROBE_S') - x['train_s'] for x in r), default=60)) + $EXTRA_LOAD)")
   LEFT=$(( BUDGET - (SECONDS - START) ))
   STEPS=$(python3 scripts/offline_gpu/fit_steps.py "$PROBE" $(( LEFT - LOAD_S - 45 )) \
-    --multiple "${FIT_MULTIPLE:-1200}" 2>&1 | tee -a "$OUT/probe.txt" | tail -1)
+    --multiple "${FIT_MULTIPLE:-120}" 2>&1 | tee -a "$OUT/probe.txt" | tail -1)
   if ! [[ "$STEPS" =~ ^[0-9]+$ ]]; then  # too slow for one multiple: run one anyway, the budget stops it
-    echo "$STEPS"; STEPS="${FIT_MULTIPLE:-1200}"
+    echo "$STEPS"; STEPS="${FIT_MULTIPLE:-120}"
     echo "warning: running trainer.max_steps=$STEPS anyway; the jobs stop at the budget, short of it" \
       | tee -a "$OUT/probe.txt"
   fi
   echo "fit: trainer.max_steps=$STEPS (start-up ${LOAD_S} s, $LEFT s left)" | tee -a "$OUT/probe.txt"
   set -- trainer.max_steps="$STEPS" "$@"
-  (( STEPS % 24 == 0 )) && set -- trainer.val_check_interval=$(( STEPS / 24 )) "$@"  # 4 evaluations a round
+  # The evaluation interval follows max_steps (the experiment's ${ts.every:...,120}); the pool only needs to hold one
+  # round of the smallest skill (1/11 of the pool) at this length, not the 6000-step default's 360k questions.
+  set -- data.n_train=$(( (STEPS / 6 * 32 * 11 + 999) / 1000 * 1000 )) "$@"
   BUDGET=$(( LEFT - 20 ))
 fi
 python3 scripts/budget_sweep.py --dir "$SWEEP" --budget "$BUDGET" --grace "${GRACE_S:-90}" -- "${JOBS[@]}" "$@" \

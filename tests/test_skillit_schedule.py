@@ -62,3 +62,24 @@ def test_curve_area_is_the_time_average_of_the_docstring_example() -> None:
     assert curve_area([100], [0.3]) == 0.3
     # the same final accuracy reached earlier has a larger area: what "learns faster" means
     assert curve_area([0, 50, 100], [0.0, 1.0, 1.0]) > curve_area([0, 50, 100], [0.0, 0.0, 1.0])
+
+
+def test_unique_pool_has_distinct_questions_and_none_from_validation() -> None:
+    from src.data.errors import DataError
+    from src.data.skill_datamodule import SkillDataModule
+
+    kw = dict(task={"kind": "addition", "n_digits": 2}, n_train=600, n_val_per_skill=40, seed=3)
+    plain = SkillDataModule(**kw)
+    train, val = plain.records()
+    prompts = [r["prompt"] for r in train]
+    held = {r["prompt"] for r in val}
+    # 2-digit addition has 8100 questions per skill: 300 drawn at random repeat some, and meet validation
+    assert len(set(prompts)) < len(prompts) or set(prompts) & held
+    train, val = SkillDataModule(**kw, unique=True).records()
+    prompts = [r["prompt"] for r in train]
+    assert len(set(prompts)) == len(prompts) == 600 and not set(prompts) & {r["prompt"] for r in val}
+    assert [sum(r["skill"] == i for r in train) for i in range(2)] == [300, 300]
+    assert [r["skill"] for r in train] == sorted(r["skill"] for r in train)  # grouped by skill, as the sampler needs
+    with pytest.raises(DataError, match="too few distinct questions"):
+        SkillDataModule(task={"kind": "addition", "n_digits": 1}, n_train=400, n_val_per_skill=5, unique=True
+                        ).records()

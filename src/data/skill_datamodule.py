@@ -59,6 +59,28 @@ def generate_task(task: Mapping[str, Any], counts: list[int], seed: int) -> list
     raise DataError(f"data.task.kind={kind!r} is not one of {TASK_KINDS}")
 
 
+def unique_pool(task: Mapping[str, Any], counts: list[int], seed: int, held_out: set[str]) -> list[dict[str, Any]]:
+    """`counts[i]` distinct questions of skill i, none of them a validation question (`data.unique: true`): a pool
+    in which a round that draws fewer than a skill's pool size never has to repeat a question of it. Drawn from
+    growing over-generations of the task (seeded), so the same settings give the same pool; one DataError when
+    the task has too few distinct questions."""
+    extra = 1.1
+    for attempt in range(6):
+        want = [int(np.ceil(c * extra)) + 8 for c in counts]
+        seen: set[str] = set(held_out)
+        got: list[list[dict[str, Any]]] = [[] for _ in counts]
+        for r in generate_task(task, want, seed + 7_919 * attempt):
+            i = int(r["skill"])
+            if r["prompt"] not in seen and len(got[i]) < counts[i]:
+                seen.add(r["prompt"])
+                got[i].append(r)
+        if all(len(g) == c for g, c in zip(got, counts)):
+            return [r for g in got for r in g]  # grouped by skill, as generate_task lays the pool out
+        extra *= 2
+    raise DataError(f"data.unique=true: the task has too few distinct questions for data.n_train (pool sizes "
+                    f"{counts}); lower data.n_train or set data.unique=false")
+
+
 def n_skills_of(task: Mapping[str, Any]) -> int:
     return int(task.get("k", 5)) if task.get("kind") == "lego" else int(task.get("n_digits", 3))
 
@@ -130,8 +152,10 @@ class SkillDataModule(MixtureControl, StreamPosition, L.LightningDataModule):
         sample_prompts: list[str] | None = None,
         pin_memory: bool = False,
         loss_on: str = "answer",
+        unique: bool = False,
     ) -> None:
         super().__init__()
+        self.unique = bool(unique)
         self.task = to_plain(task)
         if loss_on not in LOSS_ON:
             raise DataError(f"data.loss_on={loss_on!r} must be one of {LOSS_ON}")
@@ -145,6 +169,9 @@ class SkillDataModule(MixtureControl, StreamPosition, L.LightningDataModule):
             if pool is not None:
                 raise DataError("data.pool sets the proportions of a generated pool; a records pool has the "
                                 "file's own (set data.pool=null; data.mixture sets the sampling weights)")
+            if self.unique:
+                raise DataError("data.unique=true de-duplicates a generated pool; a records pool is your file's "
+                                "own (de-duplicate the file, and set data.unique=false)")
             train, val, names = load_records(self.task, int(n_val_per_skill), int(seed))
             self._records, self.k, self.skill_names = (train, val), len(names), names
             self.pool_sizes = np.bincount([r["skill"] for r in train], minlength=self.k).tolist()
@@ -187,8 +214,11 @@ class SkillDataModule(MixtureControl, StreamPosition, L.LightningDataModule):
     def records(self) -> tuple[list[dict], list[dict]]:
         """(train pool, val set): generated from (seed) and (seed, 'val'); val is balanced over skills."""
         if self._records is None:
-            train = generate_task(self.task, self.pool_sizes, self.seed)
             val = generate_task(self.task, [self.n_val_per_skill] * self.k, 1_000_003 + self.seed)
+            if self.unique:
+                train = unique_pool(self.task, self.pool_sizes, self.seed, {r["prompt"] for r in val})
+            else:
+                train = generate_task(self.task, self.pool_sizes, self.seed)
             self._records = (train, val)
         return self._records
 

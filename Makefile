@@ -19,7 +19,13 @@ ARGS ?=
 # scripts/install.sh: venv, then torch alone (pinned by the constraints file, it resolves to the local CPU wheel
 # instead of the newest CUDA build, +3 GB of nvidia-* wheels), then the project. pip's output goes to
 # .venv/install.log; a failing step prints one line naming it (and an unreachable package index) and stops.
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# The settings this venv was set up with: a change of EXTRAS, GPU or CONSTRAINTS re-runs set-up (the file is
+# rewritten only when they differ, so an unchanged call stays a no-op).
+SETTINGS := $(VENV)/.tokensmith-settings
+SETTINGS_NOW := extras=$(EXTRAS) gpu=$(GPU) constraints=$(CONSTRAINTS)
+$(shell mkdir -p $(VENV) && [ "$$(cat $(SETTINGS) 2>/dev/null)" = "$(SETTINGS_NOW)" ] || echo "$(SETTINGS_NOW)" > $(SETTINGS))
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(SETTINGS)
 	$(if $(and $(GPU),$(CONSTRAINTS)),grep -vE '^(torch|triton)==' $(CONSTRAINTS) > $(GPU_CONSTRAINTS))
 	@PYTHON=$(PYTHON) scripts/install.sh $(VENV) $(EXTRAS) $(PIP_C)
 	@touch $(STAMP)

@@ -127,7 +127,7 @@ def bench_addition_wait(repeats: int, p: float) -> dict:
     batch = batched()
 
     def step() -> None:
-        loss, _ = module._loss(batch)
+        loss = module.compute_loss(batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -18,6 +18,7 @@ import copy
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import src.runtime.resolvers  # noqa: E402, F401  (registers ${ts.*}, as train.py does)
 from src.callbacks.skills.evaluation import answer_stats  # noqa: E402
 from src.data.collate import PadCollator  # noqa: E402
 from src.data.skill_sampler import SkillSampler  # noqa: E402
@@ -35,7 +37,16 @@ from src.data.skills_graph import approximate_graph, brute_force_graph  # noqa: 
 from src.losses.token_ce import token_cross_entropy  # noqa: E402
 from src.models.logprobs import batch_logprobs  # noqa: E402
 from src.plots.save import save_png  # noqa: E402
-from tests.helpers import compose_cfg  # noqa: E402  (the same composition as train.py, usable outside Hydra's main)
+
+
+def compose_cfg(overrides: list[str], run_dir: Path) -> Any:
+    """The config `python train.py <overrides>` would run, composed outside Hydra's main; only the run dir (which
+    this script never writes to) is fixed. `paths.log_dir` stays the project's, so `--out` defaults under
+    outputs/ (or TOKENSMITH_OUTPUTS)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf"), job_name="learn_skills_graph"):
+        return compose(config_name="train", overrides=[*overrides, f"paths.output_dir={run_dir}"])
 
 
 def skill_losses(backbone: torch.nn.Module, dm) -> np.ndarray:  # noqa: ANN001

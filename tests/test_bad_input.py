@@ -64,6 +64,11 @@ CASES = [
     ("truncated checkpoint", ["ckpt_path={tmp}/truncated.ckpt"], "is truncated or not a checkpoint"),
     ("checkpoint from another model", ["model.d_model=64", "ckpt_path={tmp}/trained"],
      "was written by a different model"),
+    ("checkpoint of another optimizer",
+     ["method.optimizer._target_=src.models.master_weights.master_weight_adamw", "ckpt_path={tmp}/trained"],
+     "its state cannot be restored into another optimizer"),
+    ("Rainbow lengths: canvas shorter than the longest answer", ["experiment=rainbow/lengths", "data.canvas=8"],
+     "needs a canvas of at least max_len + 1"),
 ]
 
 

@@ -81,3 +81,52 @@ def test_last_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path, caplo
         got = resolve_ckpt_path("last", run, tmp_path / "runs")
     assert got == str(newest)
     assert "truncated" in caplog.text and str(newest) in caplog.text
+
+
+def _run_with_config(runs: Path, name: str, cfg: dict, mtime: float) -> Path:
+    import yaml
+
+    run = runs / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+    return _ckpt(run / "checkpoints" / "last.ckpt", 1, mtime)
+
+
+def test_last_resumes_the_newest_run_of_this_config_not_of_the_task(tmp_path: Path) -> None:
+    """plain, DPO and bf16-true runs share task_name `train`: `ckpt_path=last` must not pick another experiment's
+    run (the README's bf16-true line followed by `ckpt_path=last` died in Lightning with KeyError: 'state')."""
+    from src.runtime.checkpoints import CheckpointMismatchError
+
+    runs = tmp_path / "runs"
+    plain = {"seed": 1, "method": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3},
+                                   "scheduler": {"total_steps": 100}},
+             "trainer": {"precision": "32-true", "max_steps": 100}, "paths": {"output_dir": "a"}}
+    bf16 = {**plain, "method": {"optimizer": {"_target_": "src.models.master_weights.master_weight_adamw",
+                                              "lr": 1e-3}, "scheduler": {"total_steps": 100}},
+            "trainer": {"precision": "bf16-true", "max_steps": 100}}
+    older = _run_with_config(runs, "r1", plain, 1000)
+    _run_with_config(runs, "r2", bf16, 2000)  # newer, another experiment
+    # resuming to extend the run (max_steps and the scheduler's length follow) and from another dir still matches
+    want = {**plain, "trainer": {"precision": "32-true", "max_steps": 300}, "paths": {"output_dir": "b"},
+            "method": {**plain["method"], "scheduler": {"total_steps": 300}}}
+    assert resolve_ckpt_path("last", tmp_path / "new", runs, config=want) == str(older)
+    assert resolve_ckpt_path("last", tmp_path / "new", runs) != str(older)  # no config: the newest, as before
+    only_bf16 = tmp_path / "only_bf16"
+    _run_with_config(only_bf16, "r2", bf16, 2000)
+    with pytest.raises(CheckpointMismatchError, match=r"r2, differs in 2 setting\(s\) \(method\.optimizer\._target_"
+                       r": 'src\.models\.master_weights\.master_weight_adamw' -> 'torch\.optim\.AdamW'; "
+                       r"trainer\.precision: 'bf16-true' -> '32-true'\)"):
+        resolve_ckpt_path("last", tmp_path / "new", only_bf16, config=want)
+
+
+def test_an_explicit_checkpoint_of_another_optimizer_is_one_error_naming_both(tmp_path: Path) -> None:
+    from src.runtime.checkpoints import CheckpointMismatchError
+
+    masters = {"method": {"optimizer": {"_target_": "src.models.master_weights.master_weight_adamw", "lr": 1e-3}}}
+    ckpt = _run_with_config(tmp_path, "r1", masters, 1000)
+    plain = {"method": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 3e-3}}}
+    with pytest.raises(CheckpointMismatchError, match="master_weight_adamw, but this config builds torch.optim.AdamW"):
+        resolve_ckpt_path(str(tmp_path / "r1"), tmp_path / "new", tmp_path, config=plain)
+    # the same optimizer with another lr is a legitimate change on resume
+    same = {"method": {"optimizer": {**masters["method"]["optimizer"], "lr": 3e-4}}}
+    assert resolve_ckpt_path(str(ckpt), tmp_path / "new", tmp_path, config=same) == str(ckpt)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.collate import PadCollator
 from src.data.errors import DataError
+from src.data.formats.base import with_end
 from src.data.lm_datamodule import loader_generator, seed_worker
 from src.data.packing import IGNORE_INDEX
 from src.data.skill_sampler import MixtureControl, SkillSampler, check_weights
@@ -234,7 +235,7 @@ class SkillDataModule(MixtureControl, StreamPosition, L.LightningDataModule):
         tok = self.tokenizer
         prompts = tok.encode_batch([r["prompt"] for r in recs])
         if self.task["kind"] == "records":  # answer = response + eos, as SFT (src/data/formats/sft.py)
-            answers = [a + [tok.eos_id] for a in tok.encode_batch([r["response"] for r in recs])]
+            answers = [with_end(a, tok.eos_id) for a in tok.encode_batch([r["response"] for r in recs])]
             limit = int(self.task.get("max_tokens", 1024))
             for r, p, a in zip(recs, prompts, answers):
                 if len(p) + len(a) < 2:  # only eos: nothing to condition on and nothing to predict

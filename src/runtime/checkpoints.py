@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +113,68 @@ def usable_checkpoint(path: Path) -> Path | None:
     return None
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_dir: str | Path) -> str | None:
+# Keys that may differ between a run and its continuation: where it writes, how long it trains (resuming to extend
+# max_steps is the common case, and the scheduler's length follows it), how it logs and reports.
+RESUME_FREE = ("paths", "ckpt_path", "hydra", "callbacks", "logger", "tags", "optimized_metric", "trainer.max_steps",
+               "trainer.default_root_dir",
+               "trainer.val_check_interval", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+               "method.scheduler.total_steps", "debug_steps", "eval_limit")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_differences(current: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """`key: saved -> current` for every training setting both configs hold with different values (the keys in
+    RESUME_FREE and any `*cache_dir` left out: a continuation may change them). Keys only one side has are not
+    compared: configs written by older versions of the code lack newer keys."""
+    a, b = _flat(current), _flat(saved)
+    free = tuple(RESUME_FREE)
+    return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in sorted(set(a) & set(b))
+            if a[k] != b[k] and not k.endswith("cache_dir")
+            and not any(k == f or k.startswith(f + ".") for f in free)]
+
+
+def saved_form(cfg: Any) -> dict[str, Any] | None:
+    """The config as config_resolved.yaml holds it (resolved, through YAML), for `config_differences`; None when it
+    cannot be resolved here."""
+    from omegaconf import OmegaConf
+
+    try:
+        loaded = yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
+    except Exception:  # noqa: BLE001 - an interpolation that only resolves inside Hydra's main: compare nothing
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        loaded = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_dir: str | Path,
+                      config: dict[str, Any] | None = None) -> str | None:
     """Turn the user's `ckpt_path` into a file.
 
     - None: fresh run.
     - "last": `<this run dir>/checkpoints/last.ckpt` if it exists (a requeued SLURM job keeps its run dir),
-      else the most recently written `last.ckpt` among this task's runs.
+      else the most recently written `last.ckpt` among this task's runs *whose config matches* `config` (the
+      composed config as a plain dict; `config_differences`): runs of one task name can be different experiments
+      (plain, SFT, DPO, bf16-true ...), and resuming one of those with this config trains the wrong thing or fails
+      deep in Lightning. When runs exist but none matches, one error names the newest and how it differs.
     - a run directory: its `checkpoints/last.ckpt`.
     - a file: itself.
+
+    A run dir or file whose run was trained with another optimizer class is refused (`check_optimizer`).
     """
     if ckpt_path in (None, "", "null"):
         return None
@@ -128,10 +185,28 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_d
             if usable is not None:
                 return str(usable)
         candidates = sorted(Path(task_runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        skipped: list[tuple[Path, list[str]]] = []
         for candidate in reversed(candidates):
+            run_dir = candidate.parent.parent
+            saved = _saved_config(run_dir) if config is not None else None
+            diff = config_differences(config, saved) if config is not None and saved is not None else []
+            if diff:
+                skipped.append((run_dir, diff))
+                continue
             usable = usable_checkpoint(candidate)
             if usable is not None:
+                if skipped:
+                    log.info("ckpt_path=last: skipped %d newer run(s) of another config; resuming %s",
+                             len(skipped), run_dir)
                 return str(usable)
+        if skipped:
+            run_dir, diff = skipped[0]
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise CheckpointMismatchError(
+                f"ckpt_path=last: no run of this task under {task_runs_dir} was trained with this config; the "
+                f"newest, {run_dir}, differs in {len(diff)} setting(s) ({shown}). Resume it with its own settings "
+                f"(its config_resolved.yaml and .hydra/overrides.yaml), or start a new run without ckpt_path."
+            )
         raise CheckpointNotFoundError(
             f"ckpt_path=last: no complete checkpoints/last.ckpt under {task_runs_dir}/*/ — nothing to resume. "
             "Run without ckpt_path first, or pass ckpt_path=<run dir or .ckpt file>."
@@ -150,4 +225,22 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, task_runs_d
         hint = f"resume from one of the complete ones beside it: {', '.join(others[:3])}" if others else (
             "no complete checkpoint is beside it; start a new run")
         raise CorruptCheckpointError(f"ckpt_path={ckpt_path}: checkpoint {path} {problem}; {hint}")
+    check_optimizer(path, config)
     return str(path)
+
+
+def check_optimizer(path: Path, config: dict[str, Any] | None) -> None:
+    """Refuse a resume whose optimizer class differs from the one that wrote the checkpoint (read from the run's
+    config_resolved.yaml beside `checkpoints/`): Lightning would fail deep inside the optimizer's load_state_dict
+    (`KeyError: 'state'` for fp32 master weights resumed with plain AdamW). Other settings may change on resume."""
+    saved = _saved_config(path.parent.parent) if config is not None else None
+    if saved is None or config is None:
+        return
+    key = "method.optimizer._target_"
+    was, now = _flat(saved).get(key), _flat(config).get(key)
+    if was is not None and now is not None and was != now:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} holds the state of {key}={was}, but this config builds {now}; its state cannot "
+            f"be restored into another optimizer. Resume with {key}={was} (the run's own settings are in "
+            f"{path.parent.parent / 'config_resolved.yaml'}), or start a new run without ckpt_path."
+        )

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from src.recipes.finetune import FINETUNE_DIR, preflight, run_finetune
 from src.recipes.registry import run_recipe
 from src.runtime.build import build_components, fit, write_run_metadata
-from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path
+from src.runtime.checkpoints import ensure_fresh_run_dir, resolve_ckpt_path, saved_form
 from src.runtime.environment import configure_environment
 from src.runtime.preemption import auto_resume_ckpt
 from src.runtime.wandb_resume import pin_wandb_run_id
@@ -33,7 +33,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("finetune"):
         preflight(cfg, output_dir)  # stage 2's config mistakes, refused before stage 1 trains
     ckpt = resolve_ckpt_path(
-        cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+        cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs",
+        config=saved_form(cfg) if cfg.get("ckpt_path") not in (None, "", "null") else None,
     ) or auto_resume_ckpt(output_dir, also=[FINETUNE_DIR] if cfg.get("finetune") else [])  # preempted / requeued
     if ckpt is None:
         ensure_fresh_run_dir(output_dir)  # never overwrite another launch's results (src/runtime/checkpoints.py)

@@ -152,3 +152,18 @@ def test_hf_dataset_pairs_train_and_a_bad_row_is_named(tmp_path: Path) -> None:
     pq.write_table(pa.table(cols), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"HF dataset parquet row 7: the \"chosen\" response is empty"):
         LMDataModule({"kind": "hf", "name": "parquet", "data_files": str(tmp_path / "bad.parquet")}, **kw).setup("fit")
+
+
+def test_a_response_ending_with_the_end_token_gets_no_second_one(tmp_path: Path, run_dir: Path) -> None:
+    """As TRL: `chosen = " 5 6 7 8<|endoftext|>"` is labelled `5 6 7 8 <eos>`, not `... <eos> <eos>`."""
+    path = write_pairs(tmp_path / "pairs.jsonl", n=40)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "chosen": r["chosen"] + "<|endoftext|>"}) + "\n" for r in lines))
+    dm, _, _ = build_components(cfg_for(path, run_dir))
+    dm.setup("fit")
+    assert dm.tokenizer.encode("<|endoftext|>") == [dm.tokenizer.eos_id]  # the text is the end token itself
+    batch = next(iter(dm.train_dataloader()))
+    for v in ("chosen", "rejected"):
+        labels = batch[f"{v}_labels"][0]
+        target = labels[labels != -100].tolist()
+        assert target[-1] == dm.tokenizer.eos_id and target[-2] != dm.tokenizer.eos_id

@@ -157,6 +157,13 @@ class DataFormat(abc.ABC):
 
 
 # --- record validation helpers (the messages every format shares) ---------------------------------------------------
+def with_end(ids: list[int], eos_id: int) -> list[int]:
+    """`ids` followed by the end token, unless they already end with it: a response whose text ends in the end
+    token's own text (`"Paris.</s>"`) gets no second one, as in TRL; a doubled end token would teach the model to
+    emit two. Worked example (eos 2): [5, 6] -> [5, 6, 2]; [5, 6, 2] -> [5, 6, 2]; [] -> [2]."""
+    return list(ids) if ids and ids[-1] == eos_id else [*ids, eos_id]
+
+
 def record_keys(rec: Any, where: str) -> str:
     """The record's keys as JSON for error messages; a DataError if the record is not a mapping."""
     if not isinstance(rec, Mapping):

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from src.data.collate import pad_items
 from src.data.errors import DataError
-from src.data.formats.base import DataFormat, MapFn, record_keys, require_str
+from src.data.formats.base import DataFormat, MapFn, record_keys, require_str, with_end
 from src.data.formats.sft import require_messages
 from src.data.packing import IGNORE_INDEX
 from src.data.sources import Locations, locate
@@ -91,7 +91,7 @@ class PreferenceTokenize:
     def _encode(self, rec: Mapping[str, Any], view: str, where: str) -> tuple[list[int], list[int]] | None:
         prompt, response = rec[self.fields["prompt"]], rec[self.fields[view]]
         if isinstance(prompt, str):
-            p_ids, r_ids = self.tok.encode(prompt), self.tok.encode(response) + [self.tok.eos_id]
+            p_ids, r_ids = self.tok.encode(prompt), with_end(self.tok.encode(response), self.tok.eos_id)
         else:
             head, tail = _render_chat(self.tok, prompt, response, where)
             p_ids, r_ids = self.tok.encode(head), self.tok.encode(tail)
@@ -261,7 +261,7 @@ class PreferenceFormat(DataFormat):
 
     def cache_key(self, split_fingerprint: str, tok: Tokenizer) -> list[Any]:
         s = self.settings
-        return ["preference-v1", split_fingerprint, tokenizer_fingerprint(tok), self.names, s.seq_len,
+        return ["preference-v2", split_fingerprint, tokenizer_fingerprint(tok), self.names, s.seq_len,
                 s.drop_long_prompts, self.per_token]
 
     def build_dataset(self, tokenized: datasets.Dataset, tok: Tokenizer, train: bool) -> Dataset:

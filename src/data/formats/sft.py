@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from src.data.collate import PadCollator
 from src.data.errors import DataError
-from src.data.formats.base import DataFormat, Fields, MapFn, record_keys, require_str
+from src.data.formats.base import DataFormat, Fields, MapFn, record_keys, require_str, with_end
 from src.data.packing import IGNORE_INDEX
 from src.data.sources import Locations, locate
 from src.data.tokenized import tokenizer_fingerprint
@@ -89,7 +89,7 @@ def encode_sft(
                 f"{type(prompt).__name__} and {type(response).__name__}; fix the record"
             )
         p_ids = tok.encode(prompt)
-        r_ids = tok.encode(response) + [tok.eos_id]
+        r_ids = with_end(tok.encode(response), tok.eos_id)
         ids = p_ids + r_ids
         target = [0] * len(p_ids) + [1] * len(r_ids)
     ids, target = ids[: seq_len + 1], target[: seq_len + 1]
@@ -224,7 +224,7 @@ class SFTFormat(DataFormat):
 
     def cache_key(self, split_fingerprint: str, tok: Tokenizer) -> list[Any]:
         s = self.settings
-        return ["sft-v1", split_fingerprint, tokenizer_fingerprint(tok), self.fields.__dict__, s.seq_len,
+        return ["sft-v2", split_fingerprint, tokenizer_fingerprint(tok), self.fields.__dict__, s.seq_len,
                 s.drop_long_prompts]
 
     # -- dataset ---------------------------------------------------------------------------------------------------

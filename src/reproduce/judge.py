@@ -105,10 +105,13 @@ def pairs_table(study: Study, values: Values, seeds: list[int]) -> str:
         per = {s: values[a][s][m] - values[b][s][m] for s in seeds
                if s in values.get(a, {}) and s in values.get(b, {}) and m in values[a][s] and m in values[b][s]}
         cells = [_fmt(per[s] * k, False) if s in per else "—" for s in seeds]
-        mu, sd = mean_std(list(per.values())) if per else (float("nan"), float("nan"))
         unit = " (points)" if m in study.percent else ""
-        lines.append(f"| {a} − {b}: {m}{unit} | " + " | ".join(cells) + f" | {_fmt(mu * k, False)} ± "
-                     f"{_fmt(sd * k, False)} |")
+        if per:
+            mu, sd = mean_std(list(per.values()))
+            summary = f"{_fmt(mu * k, False)} ± {_fmt(sd * k, False)}"
+        else:
+            summary = "—"
+        lines.append(f"| {a} − {b}: {m}{unit} | " + " | ".join(cells) + f" | {summary} |")
     return "\n".join(lines)
 
 

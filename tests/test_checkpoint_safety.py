@@ -130,3 +130,21 @@ def test_an_explicit_checkpoint_of_another_optimizer_is_one_error_naming_both(tm
     # the same optimizer with another lr is a legitimate change on resume
     same = {"method": {"optimizer": {**masters["method"]["optimizer"], "lr": 3e-4}}}
     assert resolve_ckpt_path(str(ckpt), tmp_path / "new", tmp_path, config=same) == str(ckpt)
+
+
+def test_a_checkpoint_is_streamed_to_disk_not_buffered_whole_in_memory(tmp_path: Path) -> None:
+    """Atomicity comes from the rename; the old in-memory buffer cost a whole checkpoint of extra peak memory at
+    every save (~1.9 GB for a SmolLM2 DPO run). 40 MB of tensors now save with well under 1 MB of Python memory."""
+    import tracemalloc
+
+    obj = {f"w{i}": torch.randn(256 * 1024) for i in range(40)}  # 40 MB
+    tracemalloc.start()
+    try:
+        atomic_torch_save(obj, tmp_path / "a.ckpt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4e6, f"{peak / 1e6:.1f} MB held while saving 40 MB"
+    back = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    assert all(torch.equal(back[k], v) for k, v in obj.items())
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]  # no temporary file left behind

@@ -10,7 +10,6 @@ Sharded checkpoints (DeepSpeed, FSDP2 directories) are written by their strategi
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from pathlib import Path
@@ -23,23 +22,38 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 SLOW_WRITE_ENV = "TOKENSMITH_TEST_SLOW_CHECKPOINT_WRITE"
 
 
+class _PausingWriter:
+    """A file's `write` that flushes and sleeps once, after the first chunk (tests only, SLOW_WRITE_ENV): a kill
+    then lands with part of the checkpoint on disk."""
+
+    def __init__(self, f: Any, pause: float) -> None:
+        self.f, self.pause = f, pause
+
+    def write(self, data: Any) -> int:
+        n = self.f.write(data)
+        if self.pause > 0:
+            self.f.flush()
+            time.sleep(self.pause)
+            self.pause = 0.0
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save `obj` to `path` through `.<name>.tmp<pid>` in the same directory, fsync, rename."""
+    """torch.save `obj` to `path` through `.<name>.tmp<pid>` in the same directory, fsync, rename.
+
+    The checkpoint is streamed into the temporary file, never held whole in memory: atomicity comes from the
+    rename. (An in-memory buffer of the whole checkpoint cost a 135M-parameter DPO run ~1.9 GB of extra peak RSS at
+    every save, and would be ~16 GB at 1B parameters with Adam.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getbuffer()
     pause = float(os.environ.get(SLOW_WRITE_ENV, "0") or 0)
     try:
         with open(tmp, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            if pause > 0:
-                f.flush()
-                time.sleep(pause)
-            f.write(data[half:])
+            torch.save(obj, _PausingWriter(f, pause) if pause > 0 else f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

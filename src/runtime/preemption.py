@@ -170,7 +170,7 @@ class PreemptionCheckpoint(Callback):
             Path(trainer.default_root_dir) / "checkpoints")
         final = ckpt_dir / "last.ckpt"
         tmp = ckpt_dir / ".last.preempted.ckpt"
-        trainer.save_checkpoint(tmp)  # collective; ends with a barrier
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state (says so, no log); collective
         if trainer.is_global_zero:
             if tmp.is_dir():  # sharded strategies (DeepSpeed) save a directory
                 shutil.rmtree(final, ignore_errors=True)

@@ -132,3 +132,15 @@ def test_train_canvases_pick_one_canvas_per_batch_deterministically() -> None:
     assert set(sizes) == {4, 8, 16}
     with pytest.raises(DataError, match="smaller than data.canvas=8"):
         CanvasCollator(8, END, PADS, "rainbow", BATCH_PAD, canvases=[4, 8])
+
+
+def test_a_response_ending_with_the_end_token_keeps_one_end_token_on_the_canvas(tmp_path: Path) -> None:
+    """As for SFT and preference data (TRL's rule): `"42<|endoftext|>"` is the answer `42`, laid out with exactly
+    one end token, not an answer that ends in an end token followed by the canvas's own."""
+    from src.data.formats.canvas import CanvasTokenize
+
+    tok = CopyTaskDataModule(task={"n_train": 50, "n_eval": 5}, canvas=12, cache_dir=str(tmp_path)).tokenizer
+    assert tok.encode("<|endoftext|>") == [tok.eos_id]
+    out = CanvasTokenize(tok, "prompt", "response", 12)(
+        {"prompt": ["c:42=", "c:42="], "response": ["42", "42<|endoftext|>"]}, [0, 1])
+    assert out["answer_ids"][0] == out["answer_ids"][1] == tok.encode("42")

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.errors import DataError
-from src.data.formats.base import MapFn
+from src.data.formats.base import MapFn, with_end
 from src.data.formats.sft import SFTFormat
 from src.data.rainbow import DEFAULT_N_PADS, PADDINGS, CanvasCollator
 from src.data.sources import Locations, locate
@@ -66,7 +66,8 @@ class CanvasTokenize:
             if not isinstance(p, str) or not isinstance(r, str):
                 raise DataError(f'{where}: data.format=canvas needs string "{self.prompt}" and "{self.response}" '
                                 "fields (chat records are not supported); fix the record")
-            ans = self.tok.encode(r)
+            ans = with_end(self.tok.encode(r), self.tok.eos_id)[:-1]  # a response ending in the end token's text:
+            # the canvas lays out exactly one end token (src/data/rainbow.py), so that one is not part of the answer
             if len(ans) + 1 > self.canvas:
                 raise DataError(
                     f"{where}: the response has {len(ans)} tokens, which with its end token needs a canvas of "
@@ -112,7 +113,7 @@ class CanvasFormat(SFTFormat):
 
     def cache_key(self, split_fingerprint: str, tok: Tokenizer) -> list[Any]:
         # padding and n_pads act at collation only; the canvas decides which records are accepted
-        return ["canvas-v1", split_fingerprint, tokenizer_fingerprint(tok), self.fields.__dict__, self.canvas]
+        return ["canvas-v2", split_fingerprint, tokenizer_fingerprint(tok), self.fields.__dict__, self.canvas]
 
     def build_dataset(self, tokenized: datasets.Dataset, tok: Tokenizer, train: bool) -> Dataset:
         return CanvasDataset(tokenized)

@@ -59,9 +59,11 @@ probe() {  # $1 = seconds, then extra overrides; the nine jobs for that long, ea
   fi
   rm -rf "$PROBE"
   # A small pool: the probe measures the pace, and the 6000-step default's 360k questions would spend its time on
-  # generating and tokenizing them.
+  # generating and tokenizing them. Evaluations as often as in the run it sizes (steps/120: every 20 steps at
+  # ~2400): a probe without them overestimated the pace by 1.5x in the CPU rehearsal (docs/scaleout.md).
   python3 scripts/budget_sweep.py --dir "$PROBE" --budget "$secs" --grace 90 -- "${JOBS[@]}" "${shape[@]}" "$@" \
-    trainer.max_steps=1000000 data.n_train="${PROBE_POOL:-20000}" | tee "$OUT/probe.txt"
+    trainer.max_steps=1000000 data.n_train="${PROBE_POOL:-20000}" \
+    trainer.val_check_interval="${PROBE_EVAL_EVERY:-20}" | tee "$OUT/probe.txt"
   find "$PROBE" -name checkpoints -type d -prune -exec rm -rf {} +  # nine 1.6 GB checkpoints; the records stay
   # What --fit needs later: the probe's length (its jobs' start-up = that minus their training time) and whether
   # the GGUF's dequantisation (a few seconds more per start) was part of it.

@@ -117,7 +117,8 @@ python3 scripts/skillit_results.py "$SWEEP" --img "$OUT" --prefix lego_smollm2 >
 cat "$OUT/table.md"
 for d in "$SWEEP"/*/; do  # tokens/s and wall time per job, for the docs
   [ -f "$d/metrics.json" ] && python3 -c "import json,sys; m=json.load(open(sys.argv[1])); \
-print(sys.argv[2], m['steps'], 'steps', m['wall_time_s'], 's', round(m['train/tokens_per_s_median']), 'tokens/s')" \
+t = m.get('train/tokens_per_s_median'); \
+print(sys.argv[2], m['steps'], 'steps', m['wall_time_s'], 's', round(t) if t == t and t is not None else 'n/a', 'tokens/s')" \
     "$d/metrics.json" "$(basename "$d")" | tee -a "$OUT/sweep.txt"
 done
 tar czf "$OUT/runs.tgz" --exclude='checkpoints' "$SWEEP" 2>/dev/null

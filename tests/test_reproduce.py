@@ -84,15 +84,16 @@ def test_report_table_pairs_and_verdict_from_run_dirs(tmp_path: Path) -> None:
     study = load_study(STUDY)
     values, missing = collect(study, tmp_path, [1, 2])
     assert values["retrofit"][1]["eval/len@4x"] == 5.0 and missing == ["retrofit seed 2: not run"]
-    assert paired(values, "k7", "eos", "eval/len@4x", [1, 2]) == pytest.approx([6.6, 5.7])
-    word, text = report(STUDY, tmp_path, [1, 2])
+    assert paired(values, "k7", "eos", "eval/len@4x", [1, 2]) == pytest.approx({1: 6.6, 2: 5.7})
+    assert paired(values, "retrofit", "eos", "eval/len@4x", [1, 2]) == pytest.approx({1: 5.0 - 1.5})  # seed 2 missing
+    word, text = report(study, tmp_path, [1, 2])
     assert word == "reproduced"
     assert "| eos | 1 | 6.5 | 1 | 0.8 | 1.5 |" in text
     assert "| k7 − eos: eval/len@4x | 6.6 | 5.7 | 6.15 ± 0.636 |" in text
     assert "- [x] **eos collapses at 4x**" in text and "Missing jobs (not counted): retrofit seed 2" in text
     assert (tmp_path / "rainbow_lengths.png").is_file()
     _job(tmp_path, "k7", 3, None)
-    word, text = report(STUDY, tmp_path, [1, 2, 3])
+    word, text = report(study, tmp_path, [1, 2, 3])
     assert word == "incomplete" and "k7 seed 3: no metrics.json" in text
 
 

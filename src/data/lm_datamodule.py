@@ -65,8 +65,8 @@ def warn_trailing_whitespace(splits: list[LoadedSource], field: str) -> int:
 
     The prompt and the response are tokenized separately, so a prompt's trailing space becomes a token of its own
     and the response starts without the space a BPE word carries: "The capital of France is " + "Paris." scores
-    `Paris` (a rare word-initial piece) after a lone space token, logp −10.8 on SmolLM2 against −3.6 for " Paris"
-    after "is". TRL warns about the same mismatch. Only string prompts are counted (chat messages are rendered by
+    `Paris` as a rare word-initial piece after a lone space token, far less likely than " Paris" after "is". TRL
+    warns about the same mismatch. Only string prompts are counted (chat messages are rendered by
     the template)."""
     n = total = 0
     origin = splits[0].origin if splits else ""

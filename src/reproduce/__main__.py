@@ -25,7 +25,7 @@ from src.report.__main__ import atomic_write_text
 from src.report.collect import ReportError
 from src.reproduce.judge import collect, curve_plot, load_curves, pairs_table, seed_table, verdict
 from src.reproduce.launch import ROOT, check_record, plan, run_launches
-from src.reproduce.study import StudyError, available, load_study, parse_seeds
+from src.reproduce.study import Study, StudyError, available, load_study, parse_seeds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,8 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def report(study_name: str, out: Path, seeds: list[int]) -> tuple[str, str]:
-    study = load_study(study_name)
+def report(study: Study, out: Path, seeds: list[int]) -> tuple[str, str]:
     values, missing = collect(study, out, seeds)
     word, lines = verdict(study, values, seeds, missing, load_curves(study, out, seeds) if study.curves else None)
     shown = study.path.relative_to(ROOT) if study.path.is_relative_to(ROOT) else study.path
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_record(study, out, extra)
         failed = run_launches(launches, out)
-    word, text = report(a.study, out, seeds)
+    word, text = report(study, out, seeds)
     atomic_write_text(out / "verdict.md", text)
     print(text)
     if failed:

@@ -88,11 +88,10 @@ def seed_table(study: Study, values: Values, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def paired(values: Values, a: str, b: str, metric: str, seeds: list[int]) -> list[float]:
-    """a − b per seed, over the seeds both arms have."""
-    return [values[a][s][metric] - values[b][s][metric] for s in seeds
-            if s in values.get(a, {}) and s in values.get(b, {})
-            and metric in values[a][s] and metric in values[b][s]]
+def paired(values: Values, a: str, b: str, metric: str, seeds: list[int]) -> dict[int, float]:
+    """a − b per seed, over the seeds where both arms have the metric."""
+    return {s: values[a][s][metric] - values[b][s][metric] for s in seeds
+            if metric in values.get(a, {}).get(s, {}) and metric in values.get(b, {}).get(s, {})}
 
 
 def pairs_table(study: Study, values: Values, seeds: list[int]) -> str:
@@ -102,8 +101,7 @@ def pairs_table(study: Study, values: Values, seeds: list[int]) -> str:
              "|---|" + "---|" * (len(seeds) + 1)]
     for a, b, m in study.pairs:
         k = 100 if m in study.percent else 1
-        per = {s: values[a][s][m] - values[b][s][m] for s in seeds
-               if s in values.get(a, {}) and s in values.get(b, {}) and m in values[a][s] and m in values[b][s]}
+        per = paired(values, a, b, m, seeds)
         cells = [_fmt(per[s] * k, False) if s in per else "—" for s in seeds]
         unit = " (points)" if m in study.percent else ""
         if per:

@@ -60,15 +60,13 @@ def plan(study: Study, out: Path, seeds: list[int], extra: list[str], arms: list
             state = job_state(d)
             if state == "done":
                 continue
-            if state == "interrupted":
-                launches.append(Launch(arm.name, [s], [*base, *common, f"seed={s}", f"hydra.run.dir={d}",
-                                                       f"ckpt_path={d}"]))
-            elif arm.from_arm is not None:
-                ckpt = job_dir(out, arm.from_arm, s) / "checkpoints" / "last.ckpt"
-                launches.append(Launch(arm.name, [s], [*base, *common, f"seed={s}", f"hydra.run.dir={d}",
-                                                       f"ckpt_path={ckpt}"]))
-            else:
+            if state == "new" and arm.from_arm is None:
                 fresh.append(s)
+                continue
+            # one run of its own: continue this job, or start it from the other arm's checkpoint of this seed
+            ckpt = d if state == "interrupted" else job_dir(out, arm.from_arm, s) / "checkpoints" / "last.ckpt"
+            launches.append(Launch(arm.name, [s], [*base, *common, f"seed={s}", f"hydra.run.dir={d}",
+                                                   f"ckpt_path={ckpt}"]))
         if fresh:
             launches.append(Launch(arm.name, fresh, [
                 *base, "--multirun", *common, "seed=" + ",".join(map(str, fresh)),

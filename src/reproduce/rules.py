@@ -114,8 +114,6 @@ def equal_docs(values: Values, seeds: list[int], *, curves: Curves, stoch: str, 
     at 1500 documents with 0.55 -> det at 1500 is 0.60, d = −5 points. With d = −5, +1, −2 over three seeds: mean
     −2.0, std 3.0, −2.0 >= −3.0 holds.
     """
-    import statistics
-
     ds, detail = [], []
     for s in seeds:
         det_x, det_y = curves[det][s][x], curves[det][s][metric]

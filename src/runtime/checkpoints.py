@@ -135,10 +135,9 @@ def config_differences(current: dict[str, Any], saved: dict[str, Any]) -> list[s
     RESUME_FREE and any `*cache_dir` left out: a continuation may change them). Keys only one side has are not
     compared: configs written by older versions of the code lack newer keys."""
     a, b = _flat(current), _flat(saved)
-    free = tuple(RESUME_FREE)
     return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in sorted(set(a) & set(b))
             if a[k] != b[k] and not k.endswith("cache_dir")
-            and not any(k == f or k.startswith(f + ".") for f in free)]
+            and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)]
 
 
 def saved_form(cfg: Any) -> dict[str, Any] | None:

@@ -45,6 +45,8 @@ CASES = [
      "recipe.sample.k=1 must be >= 2"),
     ("cDPO recipe: coverage outside (0, 1]", ["experiment=cdpo/arith", "recipe.select.negative_coverage=1.5"],
      "recipe.select.negative_coverage=1.5 must be in (0, 1]"),
+    ("cDPO recipe: an unknown preference arm", ["experiment=cdpo/arith", "recipe.arms=[dpo,ipo]"],
+     "must be distinct names among ['dpo', 'cdpo', 'shuffled', 'constant']"),
     ("cDPO recipe: resume a dir that is not a recipe's", ["experiment=cdpo/arith", "ckpt_path={tmp}"],
      "not the run dir of a recipe"),
     ("D³S token fraction K outside (0, 1]", ["experiment=d3s/arith", "downsample.k_init=0"],

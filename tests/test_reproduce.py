@@ -138,3 +138,42 @@ def test_equal_docs_reads_the_deterministic_curve_at_the_stochastok_runs_problem
     values["p03"][2]["char"] = 0.50  # 11 points below its training tokenization in seed 2
     assert not equal_docs(values, [1, 2, 3], curves=curves, stoch="p03", det="p0", metric="acc",
                           robust_metric="char")[1].passed
+
+
+def test_paired_wins_worked_example() -> None:
+    from src.reproduce.rules import paired_wins
+
+    seeds = [1, 2, 3, 4, 5]
+    cdpo = [0.800, 0.810, 0.820, 0.830, 0.840]
+    v = {"cdpo": {s: {"a": c} for s, c in zip(seeds, cdpo)},
+         "shuffled": {s: {"a": c - d / 100} for s, c, d in zip(seeds, cdpo, (1.2, 0.4, 2.0, 1.0, 3.1))},
+         "dpo": {s: {"a": c - d / 100} for s, c, d in zip(seeds, cdpo, (0.5, 0.0, -0.3, 2.0, 0.1))}}
+    crits = paired_wins(v, seeds, arm="cdpo", metric="a", margins={"shuffled": 1, "dpo": 0}, min_seeds=4, scale=100)
+    assert [c.passed for c in crits] == [True, False]
+    assert "wins in 4 of 5" in crits[0].detail and "wins in 3 of 5" in crits[1].detail
+
+
+def test_arms_that_read_one_recipe_run_train_nothing_and_read_their_stage(tmp_path: Path) -> None:
+    """cdpo_controls: one recipe run per seed holds every arm's metrics under the arm's stage prefix."""
+    study = load_study("cdpo_controls")
+    launches = plan(study, tmp_path, [1, 2], [])
+    assert [la.arm for la in launches] == ["cdpo"] and "seed=1,2" in launches[0].argv
+    for s in (1, 2):
+        _job(tmp_path, "cdpo", s, {f"{arm}/arith/acc": acc + s / 100 for arm, acc in
+                                   (("sft", 0.70), ("dpo", 0.71), ("cdpo", 0.75), ("shuffled", 0.72),
+                                    ("constant", 0.73))})
+    values, missing = collect(study, tmp_path, [1, 2])
+    assert not missing and values["shuffled"][2]["arith/acc"] == pytest.approx(0.74)
+    assert paired(values, "cdpo", "shuffled", "arith/acc", [1, 2]) == pytest.approx({1: 0.03, 2: 0.03})
+    word, text = report(study, tmp_path, [1, 2])
+    assert word == "not reproduced"  # 2 seeds win, the rule asks for 4
+    assert "| cdpo − shuffled: arith/acc (points) | 3 | 3 |" in text
+    assert (tmp_path / "cdpo_controls.png").is_file()
+
+
+def test_a_job_arm_must_read_an_arm_that_trains(tmp_path: Path) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text("experiment: x\nseeds: [1]\nmetrics: [m]\nrule: {_target_: f}\n"
+                   "arms:\n  a: {job: b}\n  b: {job: a}\n")
+    with pytest.raises(StudyError, match="arm a reads the runs of arm 'b'"):
+        load_study(str(bad))

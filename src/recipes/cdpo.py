@@ -12,6 +12,7 @@ Stages, each in its own directory of the run dir, each skipped when its artifact
 | positive, negative | the two contrastive models, each fine-tuned FROM THE BASE on its set | */final.pt |
 | score | s_t per token of every pair; 1 − s_t weights; HTML picture; lowest-token analysis | score/pairs.jsonl |
 | dpo, cdpo | sequence DPO and token-weighted DPO from the same start (the base), reference = the base | */final.pt |
+| shuffled, constant | cDPO's controls (`recipe.arms=[dpo,cdpo,shuffled,constant]`, weight_controls.py) | */final.pt |
 
 Every training stage evaluates greedy accuracy on the held-out questions (the config's task-eval callback), so
 the run's metrics.json holds `sft/arith/acc`, `positive/arith/acc` (the "SFT on the positive set" baseline),
@@ -38,6 +39,7 @@ from src.recipes.cdpo_select import select_contrastive_data
 from src.recipes.sampling import sample_graded
 from src.recipes.stages import build_backbone, load_weights, stage_config, train_stage
 from src.recipes.token_scores import first_wrong_step_analysis, score_pairs, token_spans
+from src.recipes.weight_controls import CONTROLS
 from src.runtime.checkpoints import CheckpointNotFoundError, ensure_fresh_run_dir
 from src.runtime.errors import ConfigError
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 STATE = "recipe.json"  # marks a recipe's run dir; lists the finished stages
 SMOKE_TRAINER = {"max_steps": 4, "val_check_interval": 2, "limit_val_batches": 2}
 SMOKE_SAMPLE = {"n_questions": 8, "k": 4, "chunk_questions": 4}
+ARMS = ("dpo", "cdpo", *CONTROLS)  # the preference stages recipe.arms may name (dpo and cdpo by default)
 
 
 def recipe_run_dir(cfg: DictConfig) -> Path:
@@ -100,6 +103,13 @@ def check_settings(r: DictConfig) -> None:
         (int(sel.pairs_per_question) >= 1, f"recipe.select.pairs_per_question={sel.pairs_per_question} must be >= 1"),
         (float(sc.b) >= 0, f"recipe.score.b={sc.b} must be >= 0 (the contrast strength of s_t)"),
     ]
+    arms = r.get("arms")
+    if arms is not None:
+        names = list(arms) if OmegaConf.is_list(arms) or isinstance(arms, list) else [arms]
+        unknown = [a for a in names if a not in ARMS]
+        problems.append((bool(names) and not unknown and len(set(names)) == len(names),
+                         f"recipe.arms={names} must be distinct names among {list(ARMS)}, e.g. "
+                         "recipe.arms=[dpo,cdpo,shuffled,constant]"))
     bad = [msg for ok, msg in problems if not ok]
     if bad:
         raise ConfigError("; ".join(bad))
@@ -194,7 +204,8 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         seq_len = int(r.preference.data.seq_len)
         backbone.load_state_dict(load_weights(base))  # the DPO stages' reference: log-probs computed once here
         scored = score_pairs(pos, neg, tok, pairs, seq_len=seq_len, b=float(sc.b), reference=backbone,
-                             chosen_weights=bool(sc.chosen_weights), batch_size=int(sc.batch_size))
+                             chosen_weights=bool(sc.chosen_weights), batch_size=int(sc.batch_size),
+                             seed=int(cfg.seed))
         rows_html = _pictures(tok, scored, grade, score_dir, int(sc.html_examples), int(cfg.seed))
         _log_wandb(cfg, score_dir, rows_html)
         atomic_write_lines(scored_file, [json.dumps(x) for x in scored])  # the stage's artifact, last
@@ -202,19 +213,30 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(_prefixed("score", analysis))
     finish("score")
 
-    # 6. DPO and token-weighted DPO from the same start, reference = the base
-    for name, weighted in (("dpo", False), ("cdpo", True)):
+    # 6. DPO, token-weighted DPO and its controls from the same start and pairs, reference = the base
+    arms = list(r.get("arms") or ARMS[:2])
+    if any(a in CONTROLS for a in arms):
+        first = json.loads(scored_file.read_text().splitlines()[0]) if pairs else {}
+        if pairs and f"rejected_weights_{CONTROLS[0]}" not in first:
+            raise DataError(f"cdpo: {scored_file} was scored before the weight controls existed (no "
+                            f"rejected_weights_{CONTROLS[0]}); delete {score_dir} and rerun with ckpt_path={run_dir} "
+                            "to rescore (the other stages are kept)")
+    for name in arms:
         c = stage_config(cfg, r.preference, run_dir / name, smoke)
         c.data.source.path, c.data.tokenizer = str(scored_file), tok_cfg
-        c.data.format_options.token_weights = weighted
+        c.data.format_options.token_weights = name != "dpo"
+        if name in CONTROLS:  # the same weights moved (shuffled) or flattened (constant)
+            c.data.format_options.rejected_weights_field = f"rejected_weights_{name}"
         # method.reference=precomputed: the base's log-probs from the score stage, no reference model in memory
         c.data.format_options.ref_logps = c.method.get("reference") == "precomputed"
         _, m = train_stage(c, name, base)
         metrics.update(_prefixed(name, m))
         finish(name)
 
-    acc = {k: metrics.get(f"{k}/arith/acc") for k in ("sft", "positive", "dpo", "cdpo")}
-    for a, b in (("cdpo", "dpo"), ("cdpo", "sft"), ("dpo", "sft"), ("cdpo", "positive")):  # paired, per seed
+    acc = {k: metrics.get(f"{k}/arith/acc") for k in ("sft", "positive", *ARMS)}
+    gains = [("cdpo", "dpo"), ("cdpo", "sft"), ("dpo", "sft"), ("cdpo", "positive"), ("cdpo", "shuffled"),
+             ("cdpo", "constant"), ("shuffled", "sft"), ("constant", "sft")]
+    for a, b in gains:  # paired, per seed
         if acc[a] is not None and acc[b] is not None:
             metrics[f"gain/{a}_vs_{b}"] = acc[a] - acc[b]
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -279,6 +301,6 @@ def _log_wandb(cfg: DictConfig, out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _summary(m: dict[str, Any]) -> str:
-    keys = ["sft/arith/acc", "positive/arith/acc", "dpo/arith/acc", "cdpo/arith/acc", "score/hit_rate",
+    keys = ["sft/arith/acc", "positive/arith/acc", *(f"{a}/arith/acc" for a in ARMS), "score/hit_rate",
             "score/random_rate"]
     return " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)

@@ -9,6 +9,9 @@ per record when it loads the weights (src/data/formats/preference.py). Scores co
 Weights written per pair: `rejected_weights` = 1 − s_t on the rejected response's tokens, the end token weighted 1
 (spec); `chosen_weights` = s_t on the chosen response when `chosen_weights=true` (an option of the paper), else
 absent (all 1). Scores themselves are kept (`rejected_scores`, `chosen_scores`) for the pictures and the analysis.
+Beside them, the two controls of the rejected weights (src/recipes/weight_controls.py): `rejected_weights_shuffled`
+(the same weights at random places) and `rejected_weights_constant` (each response's mean weight everywhere), drawn
+from `seed` and the pair's index, so every arm of a run trains on the same pairs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from src.data.formats.preference import VIEWS, PreferenceTokenize
 from src.data.packing import IGNORE_INDEX
 from src.losses.critical_tokens import contrastive_token_scores
 from src.models.logprobs import backbone_hidden, batch_logprobs
+from src.recipes.weight_controls import CONTROLS, control_weights
 
 FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 
@@ -33,7 +37,7 @@ FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 @torch.no_grad()
 def score_pairs(pos: nn.Module, neg: nn.Module, tok: Any, pairs: Sequence[dict[str, Any]], *, seq_len: int,
                 b: float = 1.0, chosen_weights: bool = False, batch_size: int = 64, reference: nn.Module | None = None,
-                progress: bool = True) -> list[dict[str, Any]]:
+                progress: bool = True, seed: int = 0) -> list[dict[str, Any]]:
     """The pairs with `rejected_scores` / `rejected_weights` (and `chosen_scores`, optionally `chosen_weights`);
     with `reference`, also its log-probs `chosen_ref_logp` / `rejected_ref_logp` on the same ids (computed once, so
     DPO can run with `method.reference=precomputed` and no reference model)."""
@@ -69,6 +73,11 @@ def score_pairs(pos: nn.Module, neg: nn.Module, tok: Any, pairs: Sequence[dict[s
                     rec[f"{view}_ref_logp"] = lp + [0.0] * (n_full - len(lp))
                 if view == "rejected":
                     rec["rejected_weights"] = [1.0 - x for x in row[:-1]] + [1.0]  # the end token: weight 1
+                    n_trained = int((batch["labels"][i] != IGNORE_INDEX).sum())  # response tokens (+ end) in range
+                    rng = random.Random(seed * 1_000_003 + start + i)
+                    for mode in CONTROLS:
+                        rec[f"rejected_weights_{mode}"] = control_weights(rec["rejected_weights"], n_trained, mode,
+                                                                          rng)
                 elif chosen_weights:
                     rec["chosen_weights"] = row[:-1] + [1.0]
         out += scored

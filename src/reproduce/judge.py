@@ -38,7 +38,7 @@ def collect(study: Study, out: Path, seeds: list[int]) -> tuple[Values, list[str
     for arm in study.arms:
         values[arm.name] = {}
         for s in seeds:
-            d = job_dir(out, arm.name, s)
+            d = job_dir(out, arm.runs, s)
             job = Job.read(d) if d.is_dir() else None
             if job is None or not job.finished:
                 missing.append(f"{arm.name} seed {s}: {job.why_missing if job else 'not run'}")
@@ -130,7 +130,7 @@ def load_curves(study: Study, out: Path, seeds: list[int]) -> Curves:
     for arm in study.arms:
         found[arm.name] = {}
         for s in seeds:
-            d = job_dir(out, arm.name, s)
+            d = job_dir(out, arm.runs, s)
             if not (d / "metrics.json").is_file():
                 continue
             job = Job.read(d)
@@ -157,7 +157,8 @@ def verdict(study: Study, values: Values, seeds: list[int], missing: list[str], 
 
 def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Path | None:
     """The study's `plot`: each arm's mean (± std band over seeds) of its final `metrics` placed at `x`, or of the
-    logged `curve` (a csv/metrics.csv column) against the step."""
+    logged `curve` (a csv/metrics.csv column) against the step, or (`pairs: true`) the study's paired differences,
+    one dot per seed and the mean ± std."""
     spec = study.plot
     if not spec:
         return None
@@ -169,7 +170,9 @@ def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Pa
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    if spec.get("curve"):
+    if spec.get("pairs"):
+        _pair_dots(ax, study, values, seeds)
+    elif spec.get("curve"):
         _curves(ax, study, spec["curve"], seeds, out_dir=path.parent, x=spec.get("curve_x"))
     else:
         _points(ax, study, spec, values, seeds)
@@ -181,7 +184,8 @@ def curve_plot(study: Study, values: Values, seeds: list[int], path: Path) -> Pa
         ax.set_xscale("log", base=2)
     ax.set(xlabel=spec.get("xlabel", "x"), ylabel=spec.get("ylabel", ""), title=f"{study.name} ({len(seeds)} seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     save_png(fig, path)
     return path
 
@@ -199,7 +203,9 @@ def _curves(ax: Any, study: Study, column: str, seeds: list[int], out_dir: Path,
     """Each arm's logged `column` (csv/metrics.csv) against the step, or against the seeds' mean of another logged
     column `x` at the same steps (e.g. train/docs_seen), over the steps every seed logged."""
     for arm in study.arms:
-        jobs = [Job.read(job_dir(out_dir, arm.name, s)) for s in seeds if job_dir(out_dir, arm.name, s).is_dir()]
+        jobs = [Job.read(job_dir(out_dir, arm.runs, s)) for s in seeds if job_dir(out_dir, arm.runs, s).is_dir()]
+        for j in jobs:
+            j.stage = arm.prefix.rstrip("/")
         runs = [(dict(j.curves().get(column, [])), dict(j.curves().get(x, [])) if x else {}) for j in jobs]
         runs = [(r, xs) for r, xs in runs if r and (xs or not x)]
         if not runs:
@@ -207,6 +213,22 @@ def _curves(ax: Any, study: Study, column: str, seeds: list[int], out_dir: Path,
         steps = sorted(set.intersection(*(set(r) & (set(xs) if x else set(r)) for r, xs in runs)))
         at = [statistics.fmean(xs[t] for _, xs in runs) for t in steps] if x else steps
         _band(ax, at, [[r[t] for r, _ in runs] for t in steps], f"{arm.name} (n={len(runs)})")
+
+
+def _pair_dots(ax: Any, study: Study, values: Values, seeds: list[int]) -> None:
+    """One row per study pair: each seed's difference a − b (points where the metric is a percentage) and the
+    mean ± std; a vertical line at 0."""
+    rows = list(reversed(study.pairs))
+    for i, (a, b, m) in enumerate(rows):
+        k = 100 if m in study.percent else 1
+        per = [v * k for v in paired(values, a, b, m, seeds).values()]
+        if not per:
+            continue
+        ax.scatter(per, [i] * len(per), s=18, alpha=0.7, color="tab:blue")
+        mu, sd = mean_std(per)
+        ax.errorbar([mu], [i], xerr=[sd], fmt="D", color="black", capsize=3)
+    ax.axvline(0, color="gray", lw=1)
+    ax.set_yticks(range(len(rows)), [f"{a} − {b}" for a, b, _ in rows])
 
 
 def _points(ax: Any, study: Study, spec: dict[str, Any], values: Values, seeds: list[int]) -> None:

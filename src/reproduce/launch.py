@@ -51,7 +51,7 @@ def plan(study: Study, out: Path, seeds: list[int], extra: list[str], arms: list
     order = [a for a in study.arms if a.from_arm is None] + [a for a in study.arms if a.from_arm is not None]
     launches: list[Launch] = []
     for arm in order:
-        if arms and arm.name not in arms:
+        if (arms and arm.name not in arms) or arm.job is not None:  # a `job:` arm is trained by the arm it reads
             continue
         common = [f"experiment={arm.experiment}", *study.common, *arm.overrides, *extra]
         fresh = []

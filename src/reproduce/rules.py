@@ -143,3 +143,26 @@ def equal_docs(values: Values, seeds: list[int], *, curves: Curves, stoch: str, 
                   f"{robust_metric} >= {metric} − {robust_gap * scale:g} points in {_count(robust)} ({rob})",
                   all(robust)),
     ]
+
+
+def paired_wins(values: Values, seeds: list[int], *, arm: str, metric: str, margins: dict[str, float],
+                min_seeds: int, scale: float = 1.0, unit: str = "") -> list[Criterion]:
+    """`arm` beats each other arm, paired per seed, by more than 0 and by at least that arm's margin, in at least
+    `min_seeds` seeds: one criterion per other arm (`scale` shows values in the unit of the margins).
+
+    Worked example (cDPO, metric arith/acc, scale 100, margins shuffled 1, dpo 0, min_seeds 4 of 5): differences
+    cdpo − shuffled of +1.2, +0.4, +2.0, +1.0, +3.1 points win in 4 seeds (+0.4 < 1): holds; cdpo − dpo of +0.5,
+    0.0, −0.3, +2.0, +0.1 win in 3 (0.0 is not a win): fails. tests/test_reproduce.py checks these numbers.
+    """
+    crits = []
+    for other, margin in margins.items():
+        diffs = [(values[arm][s][metric] - values[other][s][metric]) * scale for s in seeds]
+        wins = [d > 1e-9 and d >= margin - 1e-9 for d in diffs]
+        mu = statistics.fmean(diffs)
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        need = f"by ≥ {margin:g}{unit}" if margin > 0 else "by > 0"
+        crits.append(Criterion(f"{arm} beats {other} {need} in ≥ {min_seeds} of {len(seeds)} seeds",
+                               f"{metric}: wins in {sum(wins)} of {len(seeds)} (per seed: "
+                               + ", ".join(f"{d:+.1f}" for d in diffs) + f"; mean {mu:+.1f} ± {sd:.1f}{unit})",
+                               sum(wins) >= min_seeds))
+    return crits

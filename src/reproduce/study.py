@@ -16,7 +16,9 @@
 
 An arm's `prefix` is put before every metric name it is read with (a two-stage run's `finetune/`); `from_arm`
 starts each seed from that arm's final checkpoint of the same seed (`ckpt_path=<from>/seed_<s>/checkpoints/last.ckpt`);
-`judged: false` reports an arm without handing it to the rule.
+`judged: false` reports an arm without handing it to the rule. `job: <arm>` trains nothing: the arm reads that
+arm's runs under its own prefix (one recipe run that trains several arms, e.g. cDPO's `dpo/`, `cdpo/`,
+`shuffled/`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import yaml
 STUDIES = Path(__file__).parent / "studies"
 KEYS = {"name", "description", "experiment", "seeds", "common", "arms", "metrics", "percent", "pairs", "rule", "plot",
         "curves"}
-ARM_KEYS = {"overrides", "experiment", "prefix", "from_arm", "judged"}
+ARM_KEYS = {"overrides", "experiment", "prefix", "from_arm", "judged", "job"}
 
 
 class StudyError(Exception):
@@ -45,6 +47,12 @@ class Arm:
     prefix: str = ""
     from_arm: str | None = None
     judged: bool = True
+    job: str | None = None  # another arm whose runs hold this arm's metrics too (under this arm's prefix)
+
+    @property
+    def runs(self) -> str:
+        """The arm whose run dirs this arm reads."""
+        return self.job or self.name
 
 
 @dataclass
@@ -107,11 +115,16 @@ def load_study(name_or_path: str) -> Study:
         if not experiment:
             raise StudyError(f"{path}: arm {name} names no experiment (set `experiment:` in the study or the arm)")
         arms.append(Arm(str(name), _strings(spec.get("overrides"), f"arm {name}: overrides"), str(experiment),
-                        str(spec.get("prefix", "")), spec.get("from_arm"), bool(spec.get("judged", True))))
+                        str(spec.get("prefix", "")), spec.get("from_arm"), bool(spec.get("judged", True)),
+                        spec.get("job")))
     names = {a.name for a in arms}
+    trained = {a.name for a in arms if a.job is None}
     for a in arms:
         if a.from_arm is not None and a.from_arm not in names:
             raise StudyError(f"{path}: arm {a.name} starts from arm {a.from_arm!r}, which the study does not have")
+        if a.job is not None and (a.job not in trained or a.overrides or a.from_arm):
+            raise StudyError(f"{path}: arm {a.name} reads the runs of arm {a.job!r}: that must be an arm of the study "
+                             "that trains its own runs, and a `job:` arm has no overrides or from_arm of its own")
     rule = dict(raw["rule"])
     if "_target_" not in rule:
         raise StudyError(f"{path}: `rule` needs `_target_` (a function in src/reproduce/rules.py)")

@@ -14,24 +14,29 @@ import torch
 from src.runtime.run import run_training
 from tests.helpers import compose_cfg
 
-STAGES = ["sft", "sample", "select", "positive", "negative", "score", "dpo", "cdpo"]
+STAGES = ["sft", "sample", "select", "positive", "negative", "score", "dpo", "cdpo", "shuffled", "constant"]
+ARMS = "recipe.arms=[dpo,cdpo,shuffled,constant]"  # with cDPO's two controls
 
 
 def test_cdpo_recipe_runs_every_stage_and_a_rerun_skips_them(run_dir: Path) -> None:
     cfg = compose_cfg(["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
-                       "callbacks.run_artifacts.sample_max_new_tokens=0"], run_dir)
+                       "callbacks.run_artifacts.sample_max_new_tokens=0", ARMS], run_dir)
     metrics = run_training(cfg)
     assert json.loads((run_dir / "recipe.json").read_text())["done"] == STAGES
     for artifact in ["sft/final.pt", "tokenizer/tokenizer.json", "sample/samples.jsonl", "select/positive.jsonl",
                      "select/negative.jsonl", "select/pairs.jsonl", "positive/final.pt", "negative/final.pt",
                      "score/pairs.jsonl", "score/critical_tokens.html", "dpo/final.pt", "cdpo/final.pt"]:
         assert (run_dir / artifact).is_file(), artifact
-    for stage in ("dpo", "cdpo"):  # the reference is the starting policy: log-ratios 0, loss ln 2
+    for stage in ("dpo", "cdpo", "shuffled", "constant"):  # the reference is the start: log-ratios 0, loss ln 2
         assert metrics[f"{stage}/train/loss_first"] == pytest.approx(math.log(2), abs=1e-4)
     assert {"sft/arith/acc", "positive/arith/acc", "dpo/arith/acc", "cdpo/arith/acc", "score/hit_rate",
             "select/pairs", "sample/correct"} <= set(metrics)
     scored = [json.loads(x) for x in (run_dir / "score/pairs.jsonl").read_text().splitlines()]
     assert all(r["rejected_weights"][-1] == 1.0 for r in scored)
+    final = {s: torch.load(run_dir / s / "final.pt", weights_only=True) for s in ("cdpo", "shuffled", "constant")}
+    for control in ("shuffled", "constant"):  # each control trained on its own weights, from the same start
+        assert any(not torch.equal(final["cdpo"][k], final[control][k]) for k in final["cdpo"]), control
+    assert {"gain/cdpo_vs_shuffled", "gain/cdpo_vs_constant"} <= set(metrics)
 
     # a rerun redoes exactly the lost stages (here score, and dpo from scratch); this dpo reads the base's log-probs
     # computed once by the score stage (reference=precomputed) instead of a reference copy: the same run
@@ -39,7 +44,7 @@ def test_cdpo_recipe_runs_every_stage_and_a_rerun_skips_them(run_dir: Path) -> N
     (run_dir / "score/pairs.jsonl").unlink()
     shutil.rmtree(run_dir / "dpo")
     again = run_training(compose_cfg(["experiment=cdpo/arith", "debug=smoke", "callbacks.progress_bar=null",
-                                      "callbacks.run_artifacts.sample_max_new_tokens=0", f"ckpt_path={run_dir}",
+                                      "callbacks.run_artifacts.sample_max_new_tokens=0", f"ckpt_path={run_dir}", ARMS,
                                       "recipe.preference.method.reference=precomputed"], run_dir.parent / "second"))
     assert {s: (run_dir / s / "final.pt").stat().st_mtime_ns for s in kept} == kept
     assert (run_dir / "score/pairs.jsonl").is_file() and (run_dir / "dpo/final.pt").is_file()

@@ -45,6 +45,10 @@ def test_scores_match_the_definition_on_the_trained_ids(tok) -> None:  # noqa: A
         assert rec["rejected_weights"][:-1] == pytest.approx([1 - s for s in want[:-1].tolist()], abs=1e-5)
         assert rec["rejected_weights"][-1] == 1.0  # the end token keeps weight 1
         assert "chosen_weights" not in rec and len(rec["chosen_scores"]) == len(tok.encode(rec["chosen"])) + 1
+        w, n = rec["rejected_weights"], len(r_ids) - 1  # cDPO's controls: the same weights moved or flattened
+        assert sorted(rec["rejected_weights_shuffled"][:n]) == pytest.approx(sorted(w[:n]))
+        assert rec["rejected_weights_constant"][:n] == pytest.approx([sum(w[:n]) / n] * n)
+        assert rec["rejected_weights_shuffled"][n] == rec["rejected_weights_constant"][n] == 1.0
 
 
 def test_lowest_score_analysis_finds_the_first_wrong_step(tok) -> None:  # noqa: ANN001

@@ -291,11 +291,12 @@ class GRPOModule(Objective):
         logps, ents, refs = [], [], []
         for sl in self._row_slices(rollouts["input_ids"].shape[0]):
             part = {k: rollouts[k][sl] for k in ROLLOUT_KEYS}
-            out = batch_logprobs(self.backbone, part, kernel=self.kernel, with_entropy=True)
+            out = batch_logprobs(self.backbone, part, kernel=self.kernel, with_entropy=True,
+                                 temperature=self.temperature)
             logps.append(out.logp)
             ents.append(out.entropy)
             if self.reference is not None:
-                refs.append(self.reference.logprobs(part))
+                refs.append(self.reference.logprobs(part, temperature=self.temperature))
         return torch.cat(logps), torch.cat(ents), (torch.cat(refs) if refs else None)
 
     def _row_slices(self, n: int) -> list[slice]:
@@ -365,7 +366,9 @@ class GRPOModule(Objective):
         batch: input_ids, labels, attention_mask, position_ids [n, T]; `advantages` [n]; `old_logp` [n, T];
         `loss_mask` [n, T] bool (kept tokens); `ref_logp` [n, T] when beta > 0.
         """
-        out = batch_logprobs(self.backbone, {k: batch[k] for k in ROLLOUT_KEYS}, kernel=self.kernel)  # [n, T]
+        # scored at the sampling temperature: the policy the rollouts came from is softmax(z / T) (as in TRL)
+        out = batch_logprobs(self.backbone, {k: batch[k] for k in ROLLOUT_KEYS}, kernel=self.kernel,
+                             temperature=self.temperature)  # [n, T]
         mask = batch["loss_mask"].bool() & out.mask  # [n, T]
         per_token = clipped_surrogate(out.logp, batch["old_logp"], batch["advantages"], self.eps_low,
                                       self.eps_high)  # [n, T]
@@ -402,6 +405,9 @@ class GRPOModule(Objective):
             "reward_std": float(rewards[valid].std()) if int(valid.sum()) > 1 else 0.0,
             "reward_errors": float(errors),
             "completion_tokens_mean": float(token_mask.sum(-1).float().mean()),
+            # the sampling policy's mean per-token entropy on its own rollouts (from the old-log-prob pass, free):
+            # a collapse shows as a fall towards 0 before the reward falls
+            "entropy_mean": float((entropy * token_mask).sum() / token_mask.sum().clamp(min=1)),
             "var_a_before": _variance(advantages[valid]),
             "var_a_after": _variance(advantages[selected]),
             "selected_rollouts": float(selected.sum()),
@@ -498,7 +504,8 @@ class GRPOModule(Objective):
         num = float(_all_reduce_sum(torch.stack([o.numerator.double() for o in outs]).sum().clone()))
         log_kw = {"batch_size": 1, "on_step": True, "on_epoch": False}
         self.log("train/loss", num / max(total_den, 1e-12), prog_bar=True, **log_kw)
-        for name in ("reward_mean", "reward_std", "completion_tokens_mean", "var_a_before", "var_a_after"):
+        for name in ("reward_mean", "reward_std", "completion_tokens_mean", "entropy_mean", "var_a_before",
+                     "var_a_after"):
             self.log(f"train/{name}", stats[name], sync_dist=True, **log_kw)
         for name in ("reward_errors", "selected_rollouts", "kept_rollouts", "kept_tokens", "rollouts", "tokens"):
             self.log(f"train/{name}", stats[name], sync_dist=True, reduce_fx="sum", **log_kw)

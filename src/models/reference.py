@@ -91,8 +91,9 @@ class ReferenceModel(nn.Module):
             policy.train(was_training)
 
     @torch.no_grad()
-    def logprobs(self, batch: Mapping[str, Tensor], prefix: str = "") -> Tensor:
-        """Reference log π_ref(labels) [B, T] for one view of the batch; 0 where the label is ignored."""
+    def logprobs(self, batch: Mapping[str, Tensor], prefix: str = "", temperature: float = 1.0) -> Tensor:
+        """Reference log π_ref(labels) [B, T] for one view of the batch; 0 where the label is ignored. `temperature`:
+        the logits are divided by it first (GRPO's rollouts sampled at T are scored at T, as TRL does)."""
         if self.mode == "precomputed":
             view = batch_view(batch, prefix)
             if "ref_logp" not in view:
@@ -102,4 +103,4 @@ class ReferenceModel(nn.Module):
                 )
             return view["ref_logp"]
         with self._scoring_model() as model:
-            return batch_logprobs(model, batch, prefix=prefix, kernel=self.kernel).logp
+            return batch_logprobs(model, batch, prefix=prefix, kernel=self.kernel, temperature=temperature).logp

@@ -52,6 +52,25 @@ def test_first_epoch_loss_is_minus_the_mean_advantage_per_token() -> None:
     assert stats["kept_rollouts"] == 8 and stats["var_a_before"] > 0
 
 
+def test_rollouts_sampled_at_a_temperature_are_scored_at_it() -> None:
+    """At T = 0.5 the rollouts come from softmax(z / 0.5): old log-probs, the loss's log-probs and the reference's
+    are of that policy (TRL divides the logits by T too), so the first epoch's ratio is 1 and KL to an unchanged
+    reference 0."""
+    module = tiny_module(num_generations=4, max_new_tokens=6, temperature=0.5, beta=0.1, reference="copy")
+    fixed, _ = module.make_generation_batch(prompt_batch(TOK, ["ab", "c"]))
+    keys = ("input_ids", "attention_mask", "position_ids")
+    with torch.no_grad():  # the definition, logits materialised: log softmax(z / T)[label]
+        logits = module.backbone(**{k: fixed[k] for k in keys}) @ module.backbone.output_weight.T  # [n, T, V]
+        labels = fixed["labels"]
+        want = (logits / 0.5).log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    m = labels != -100
+    torch.testing.assert_close(fixed["old_logp"][m], want[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fixed["ref_logp"][m], want[m], atol=1e-5, rtol=1e-5)
+    out = module.compute_loss(fixed)
+    assert float(out.metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(out.metrics["clip_fraction"]) == 0.0
+
+
 def test_random_downsampling_keeps_d3s_counts_and_d3s_keeps_the_max_variance() -> None:
     ds = {"n_init": 0.25, "n_final": 0.25, "k_init": 0.5, "k_final": 0.5}
     stats = {}

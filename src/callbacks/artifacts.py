@@ -135,7 +135,9 @@ class RunArtifacts(Callback):
         return {
             "steps": trainer.global_step,
             "train/loss_first": self.train_history[0][1] if self.train_history else None,
-            "train/loss": sum(tail) / len(tail) if tail else None,
+            # the mean of the last 10 logged losses (one logged loss is noisy), and the last one as logged
+            "train/loss_last10": sum(tail) / len(tail) if tail else None,
+            "train/loss_last": tail[-1] if tail else None,
             "val/loss": val,
             "val/ppl": math.exp(min(val, 30.0)) if val is not None else None,
             "train/tokens_per_s_median": rates[len(rates) // 2],

@@ -168,7 +168,8 @@ def test_resume_matches_uninterrupted_run(strategy: str, ddp: Path, tmp_path: Pa
 # lr * CLIP * g / |g|: a strategy that got the global norm wrong (e.g. a rank's local shard norm, ~1/sqrt(2) of it
 # here) moves the weights by a different amount. SGD does not amplify round-off, so the tolerance is tight.
 CLIP = 0.05
-SGD = ["method.optimizer._target_=torch.optim.SGD", "~method.optimizer.betas", "method.optimizer.weight_decay=0",
+SGD = ["method.optimizer._target_=torch.optim.SGD", "~method.optimizer.betas", "~method.optimizer.eps",
+       "method.optimizer.weight_decay=0",
        "method.optimizer.lr=2.0"]
 # Measured (2026-11-23): every strategy 7.5e-9 from the single process (one float32 ulp); the sqrt(2) threshold
 # 8.1e-3 away, no clipping 0.79 away.

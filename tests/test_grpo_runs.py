@@ -98,3 +98,22 @@ def test_d3s_grpo_under_deepspeed_selects_and_updates_as_under_ddp(strategy: lis
     for name in w1:
         if name.startswith("backbone."):
             torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_grpo_arith_smoke_run_and_the_step_probe_on_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`experiment=grpo/arith debug=smoke` runs both stages; scripts/grpo_step_probe.py reads its stage-1 policy
+    (a smoke base solves nothing: a zero gradient is one error line, exit 1; a bad run dir, exit 2). The table
+    itself is in docs/results.md, from a real base."""
+    import importlib.util
+
+    run = train_subprocess(tmp_path / "run", ["experiment=grpo/arith", "debug=smoke", "callbacks.progress_bar=null",
+                                              "callbacks.run_artifacts.sample_max_new_tokens=0"])
+    assert (run / "finetune" / "metrics.json").is_file()
+    spec = importlib.util.spec_from_file_location("probe", Path(__file__).parents[1] / "scripts/grpo_step_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    # a 4-step base solves nothing: every advantage is 0, and the probe says so instead of dividing by 0
+    assert probe.main([str(run), "--prompts", "4", "--batches", "1", "--eval-batches", "1", "--steps", "0.01"]) == 1
+    assert "the GRPO gradient is zero" in capsys.readouterr().err
+    assert probe.main([str(tmp_path)]) == 2 and "not a finished run dir" in capsys.readouterr().err

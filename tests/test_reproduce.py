@@ -177,3 +177,24 @@ def test_a_job_arm_must_read_an_arm_that_trains(tmp_path: Path) -> None:
                    "arms:\n  a: {job: b}\n  b: {job: a}\n")
     with pytest.raises(StudyError, match="arm a reads the runs of arm 'b'"):
         load_study(str(bad))
+
+
+def test_d3s_budget_worked_example() -> None:
+    from src.reproduce.rules import d3s_budget
+
+    seeds = [1, 2, 3]
+    values = {"none": {s: {"acc": 0.50, "tok": 1000.0} for s in seeds}, "sft": {s: {"acc": 0.40} for s in seeds},
+              "d3s": {s: {"acc": 0.50 + d / 100} for s, d in zip(seeds, (2, 3, 1))},
+              "random": {s: {"acc": 0.50} for s in seeds}}
+    reach = {1: 450.0, 2: 700.0, 3: None}
+    curves = {"d3s": {s: {"tok": [(10, 300.0), (20, reach[s] or 800.0), (30, 1000.0)],
+                          "acc": [(10, 0.45), (20, 0.50 if reach[s] else 0.48), (30, 0.49 if not reach[s] else 0.52)]}
+                      for s in seeds}}
+    crits = d3s_budget(values, seeds, curves=curves, d3s="d3s", grpo="none", random="random", base="sft",
+                       metric="acc", tokens="tok")
+    assert [c.passed for c in crits] == [True, False, True]
+    assert "seed 1: 45% (target 50.0); seed 2: 70% (target 50.0); seed 3: never" in crits[1].detail
+    assert "mean +2.0 ± 1.0 points" in crits[2].detail
+    values["none"][2]["acc"] = 0.44  # seed 2 gains 4 points only: mean gain (10 + 4 + 10) / 3 = 8.0 still holds
+    assert d3s_budget(values, seeds, curves=curves, d3s="d3s", grpo="none", random="random", base="sft",
+                      metric="acc", tokens="tok")[0].passed

@@ -166,3 +166,55 @@ def paired_wins(values: Values, seeds: list[int], *, arm: str, metric: str, marg
                                + ", ".join(f"{d:+.1f}" for d in diffs) + f"; mean {mu:+.1f} ± {sd:.1f}{unit})",
                                sum(wins) >= min_seeds))
     return crits
+
+
+def _first_reach(tokens: list[tuple[int, float]], acc: list[tuple[int, float]], target: float) -> float | None:
+    """Back-propagated tokens at the first evaluation whose accuracy is >= target (None: never reached)."""
+    logged = sorted(tokens)
+    for step, a in sorted(acc):
+        if a >= target - 1e-12:
+            before = [t for s, t in logged if s <= step]  # the count logged at (or just before) that evaluation
+            return before[-1] if before else None
+    return None
+
+
+def d3s_budget(values: Values, seeds: list[int], *, curves: Curves, d3s: str, grpo: str, random: str, base: str,
+               metric: str, tokens: str = "train/backprop_tokens", budget: float = 0.6, min_seeds: int = 2,
+               baseline_gain: float = 0.08, scale: float = 100.0) -> list[Criterion]:
+    """D³S's claim at a baseline that learns (docs/results.md, "GRPO vs D³S at a baseline that learns"):
+
+    0. the baseline learns: the seed-mean of `grpo`'s final `metric` minus the `base` arm's (the SFT policy GRPO
+       starts from) is >= baseline_gain (a precondition: without it, no down-sampler can be told apart);
+    1. `d3s` reaches `grpo`'s final `metric` with <= budget × `grpo`'s final back-propagated `tokens`, in >=
+       min_seeds seeds: per seed, the tokens logged at d3s's first evaluation with metric >= grpo's final one;
+    2. `d3s` beats `random` (the same token budget, drawn uniformly) by more than the paired noise: mean over seeds
+       of (d3s − random) final `metric` > the std of those differences, and > 0.
+
+    Worked example (scale 100): grpo's base 0.40, final 0.50 in each of 3 seeds (gain 10 >= 8 points); grpo
+    back-propagates 1000 tokens; d3s reaches 0.50 at 450, 700 and never: 1 of 3 seeds within 600: fails; d3s − random
+    of +2, +3, +1 points: mean 2.0 > std 1.0: holds. tests/test_reproduce.py checks these numbers.
+    """
+    gains = [(values[grpo][s][metric] - values[base][s][metric]) * scale for s in seeds]
+    crits = [Criterion(f"{grpo} learns (≥ {baseline_gain * scale:g} points over its base)",
+                       f"{metric}, {grpo} − {base}: mean {statistics.fmean(gains):+.1f} points (per seed: "
+                       + ", ".join(f"{g:+.1f}" for g in gains) + ")",
+                       statistics.fmean(gains) >= baseline_gain * scale - 1e-9)]
+    within, detail = [], []
+    for s in seeds:
+        target = values[grpo][s][metric]
+        full = values[grpo][s][tokens]
+        got = _first_reach(curves[d3s][s][tokens], curves[d3s][s][metric], target)
+        within.append(got is not None and got <= budget * full + 1e-9)
+        reached = "never" if got is None else f"{got / full:.0%}"
+        detail.append(f"seed {s}: {reached} (target {target * scale:.1f})")
+    crits.append(Criterion(f"{d3s} reaches {grpo}'s final {metric} with ≤ {budget:.0%} of its tokens in ≥ {min_seeds}"
+                           f" of {len(seeds)} seeds", f"{sum(within)} of {len(seeds)} (" + "; ".join(detail) + ")",
+                           sum(within) >= min_seeds))
+    diffs = [(values[d3s][s][metric] - values[random][s][metric]) * scale for s in seeds]
+    mu = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    crits.append(Criterion(f"{d3s} beats {random} by more than the paired noise",
+                           f"{metric}: mean {mu:+.1f} ± {sd:.1f} points (per seed: "
+                           + ", ".join(f"{d:+.1f}" for d in diffs) + "); needs mean > std and > 0",
+                           mu > sd and mu > 0))
+    return crits

@@ -118,11 +118,14 @@ def test_bad_settings_are_one_clear_error() -> None:
         tiny_module(downsample={"mode": "d3s", "n_init": 0.0})
 
 
-def test_grpo_learns_a_trivial_reward() -> None:
-    """The share of 'a' in 8-token completions rises from chance (1/14) within 25 generation batches."""
+@pytest.mark.parametrize("settings", [{}, {"beta": 0.05, "ppo_epochs": 2}],
+                         ids=["plain", "experiment-defaults"])  # grpo/arith's beta and PPO epochs (docs/grpo.md)
+def test_grpo_learns_a_trivial_reward(settings: dict) -> None:
+    """The share of 'a' in 8-token completions rises from chance (1/14) within 25 generation batches; also with
+    the k3 KL term and two PPO epochs per batch (clipping acting), the settings experiment=grpo/arith uses."""
     torch.manual_seed(0)
     module = tiny_module(num_generations=8, max_new_tokens=8, temperature=1.0, seed=1,
-                         optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
+                         optimizer=functools.partial(torch.optim.AdamW, lr=1e-2), **settings)
     batches = [prompt_batch(TOK, ["ab", "cde", "f", "gh"])] * 1000
     loader = DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
     rewards: list[float] = []

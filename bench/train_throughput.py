@@ -197,7 +197,8 @@ def main() -> None:
                 model.compile()
             n = args.steps + warm
             if m == "tokensmith":
-                t = lightning_loop(model, batches, device, args.dtype, n, workdir, fused=args.fused_adamw)
+                # start-to-start intervals: n + 1 batches give n of them, as many as the bare loops time
+                t = lightning_loop(model, batches, device, args.dtype, n + 1, workdir, fused=args.fused_adamw)
             else:
                 t = bare_loop(model, batches, device, args.dtype, "fused" if m == "bare_fused" else "naive", n,
                               hf=m == "hf_llama", fused=args.fused_adamw)

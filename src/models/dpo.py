@@ -56,6 +56,9 @@ class DPOModule(Objective):
     token_weights: use `chosen_weights` / `rejected_weights` from the batch when present (critical-token DPO).
     """
 
+    data_formats = ("preference",)
+    data_hint = "preference pairs (data.format=preference, e.g. data=preference_jsonl)"
+
     def __init__(
         self,
         backbone: nn.Module,

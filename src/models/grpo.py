@@ -99,6 +99,9 @@ class GRPOModule(Objective):
         rollouts and of their tokens kept; `none` keeps all).
     """
 
+    data_formats = ("prompt",)
+    data_hint = "prompts with answers (data.format=prompt, e.g. data=prompts_jsonl or data=arith_prompts)"
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -98,9 +98,13 @@ class Objective(pl.LightningModule, abc.ABC):
 
     Class attributes a subclass may set:
     - `reports_perplexity`: log `train/ppl` and `val/ppl` = exp(loss) (token-level NLL objectives).
+    - `data_formats`: the `data.format`s it can train on (None: any), with `data_hint`, what those are and a data
+      config that gives one; a run on another format stops before any data is built (src/runtime/build.py).
     """
 
     reports_perplexity = False
+    data_formats: tuple[str, ...] | None = None
+    data_hint = ""
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.callbacks.skills.evaluation import curriculum_config_problem
 from src.data.cache import atomic_write_text
 from src.models.components.compact_lora import TOKEN_KEYS
-from src.runtime.build import build_components, curriculum_applies, fit, write_run_metadata
+from src.runtime.build import build_components, check_data_format, curriculum_applies, fit, write_run_metadata
 from src.runtime.checkpoints import ensure_fresh_run_dir, is_checkpoint
 from src.runtime.errors import ConfigError
 
@@ -62,11 +62,16 @@ TOKEN_NAMES = ("pads", "eos", "mask", "keep")  # what model.lora's token keys ma
 
 def preflight(cfg: DictConfig, output_dir: Path) -> None:
     """Refuse, before stage 1 trains, what stage 2 would refuse only after it (hours of stage 1 at scale): unknown
-    `finetune` keys, a curriculum its data cannot drive, a LoRA token name no tokenizer has. ConfigError."""
+    `finetune` keys, an objective on a data format it cannot train, a curriculum its data cannot drive, a LoRA token
+    name no tokenizer has. ConfigError."""
     try:
         ft = finetune_config(cfg, output_dir)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    try:
+        check_data_format(ft)
+    except ConfigError as err:
+        raise ConfigError(f"the fine-tuning stage: {err}") from None
     if curriculum_applies(ft):
         problem = curriculum_config_problem(ft.get("data"), ft.curriculum.get("callback"))
         if problem:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -91,8 +91,25 @@ def lora_token_ids(model_cfg: DictConfig, tokenizer: Any, n_pads: int | None = N
         raise ConfigError(str(err)) from None
 
 
+def check_data_format(cfg: DictConfig) -> None:
+    """One ConfigError, before any data is built, when the objective cannot train on the data's format (its class
+    declares `data_formats`; a data config without `format`, e.g. a task's own module, is not checked)."""
+    target, fmt = (cfg.get("method") or {}).get("_target_"), (cfg.get("data") or {}).get("format")
+    if not target or not isinstance(fmt, str):
+        return
+    try:
+        cls = get_class(target)
+    except Exception:  # noqa: BLE001 (a bad _target_ gets Hydra's own error when instantiated)
+        return
+    formats = getattr(cls, "data_formats", None)
+    if formats and fmt not in formats:
+        raise ConfigError(f"{cls.__name__} (method._target_={target}) trains on {cls.data_hint}; this data config "
+                          f"gives data.format={fmt}. Pick a data config of that format.")
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate data → tokenizer → backbone → objective → trainer, in the order their sizes depend on."""
+    check_data_format(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     tokenizer = datamodule.tokenizer
     # `vocab_size: ???` = size the model to the tokenizer; pretrained models keep their own (null).

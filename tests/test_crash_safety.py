@@ -30,7 +30,7 @@ STEPS = 16
 RUN = ["debug=smoke", f"trainer.max_steps={STEPS}", "trainer.val_check_interval=4", "trainer.limit_val_batches=3",
        "callbacks.progress_bar=null", "callbacks.run_artifacts.sample_max_new_tokens=0",
        "+callbacks.pace._target_=tests.distributed.Pace"]
-COMPARED = ("steps", "train/loss_first", "train/loss", "val/loss", "val/ppl")
+COMPARED = ("steps", "train/loss_first", "train/loss_last10", "train/loss_last", "val/loss", "val/ppl")
 
 
 def _env() -> dict[str, str]:

@@ -80,7 +80,7 @@ def test_signal_checkpoints_at_step_boundary_and_resume_matches(tmp_path: Path, 
     assert auto_resume_ckpt(run_dir) == str(run_dir / "checkpoints" / "last.ckpt")
     resumed = _run(run_dir)
     assert resumed["steps"] == straight["steps"] == STEPS
-    for key in ("train/loss_first", "train/loss", "val/loss"):
+    for key in ("train/loss_first", "train/loss_last10", "train/loss_last", "val/loss"):
         assert resumed[key] == pytest.approx(straight[key], rel=0, abs=1e-5), key
 
 
@@ -182,5 +182,5 @@ def test_two_stage_run_preempted_in_stage_two_resumes_there(tmp_path: Path) -> N
     assert {k: v for k, v in resumed.items() if not k.startswith("finetune/")} | {"wall_time_s": 0} == \
         stage_one | {"wall_time_s": 0}  # stage 1 was restored, not retrained or rewritten
     assert resumed["finetune/steps"] == straight["finetune/steps"] == 6
-    for key in ("finetune/train/loss", "finetune/val/loss", "train/loss", "val/loss"):
+    for key in ("finetune/train/loss_last10", "finetune/val/loss", "train/loss_last10", "val/loss"):
         assert resumed[key] == pytest.approx(straight[key], rel=0, abs=1e-5), key

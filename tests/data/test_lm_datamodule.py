@@ -189,11 +189,11 @@ def test_empty_source_is_a_clear_error(tmp_path):
 
 
 def test_shipped_stories_config_instantiates_and_yields_batches(tmp_path):
-    cfg = OmegaConf.create(
-        {"seed": 3, "paths": {"cache_dir": str(tmp_path)}, "data": OmegaConf.load(CONF / "stories.yaml")}
-    )
-    cfg.data.source.n_docs = 1500  # the real size is 20000; same code path, faster test
-    dm = instantiate(cfg.data)
+    from tests.helpers import compose_cfg
+
+    # composed as train.py composes it (the data configs pull their shared keys in through Hydra defaults)
+    cfg = compose_cfg(["data=stories", "seed=3", f"paths.cache_dir={tmp_path}", "data.source.n_docs=1500"], tmp_path)
+    dm = instantiate(cfg.data)  # n_docs: the real size is 20000; same code path, faster test
     assert isinstance(dm, LMDataModule) and dm.tokenizer.vocab_size == 512
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

@@ -29,7 +29,7 @@ def test_a_wrong_format_is_one_error(overrides: list[str], message: str, tmp_pat
 
 @pytest.mark.parametrize("overrides", [["method=dpo", "data=preference_jsonl", "data.source.path=x.jsonl"],
                                        ["method=grpo", "reward=arith", "data=prompts_jsonl", "data.source.path=x"],
-                                       ["method=lm"], ["method=lm", "data=preference_jsonl", "data.source.path=x"]])
+                                       ["method=lm"]])
 def test_accepted_formats_and_objectives_without_a_declaration_pass(overrides: list[str], tmp_path: Path) -> None:
     check_data_format(compose_cfg(overrides, tmp_path))
 

@@ -135,42 +135,44 @@ def answers_match(got: str | None, truth: str) -> bool:
         return False
 
 
-class GSM8KReward:
+class _AnswerReward:
+    """1.0 per completion whose answer `matches` the record's `answer` column, else 0.0 (never an error)."""
+
+    min_score, max_score = 0.0, 1.0
+    name = "answer"
+
+    def matches(self, completion: str, truth: str) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any] | None = None,
+                 **metadata: Any) -> list[float]:
+        if answer is None:
+            raise ValueError(f"the {self.name} reward needs an `answer` column in the prompt records")
+        return [float(self.matches(c, str(t))) for c, t in zip(completions, answer)]
+
+
+class GSM8KReward(_AnswerReward):
     """1.0 when the completion's final number (after `####`, else the last number) equals the record's `answer`
     (itself a number or a GSM8K solution ending in `#### <number>`), else 0.0.
 
     Example: completion "... so she has 1,200 dollars. #### 1,200", answer "1200" -> 1.0; "#### 12" -> 0.0.
     """
 
-    min_score, max_score = 0.0, 1.0
+    name = "gsm8k"
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any] | None = None,
-                 **metadata: Any) -> list[float]:
-        if answer is None:
-            raise ValueError("the gsm8k reward needs an `answer` column in the prompt records")
-        out = []
-        for completion, truth in zip(completions, answer):
-            want = parse_number(gsm8k_final(str(truth)))
-            got = parse_number(gsm8k_final(completion))
-            out.append(float(want is not None and got is not None and got == want))
-        return out
+    def matches(self, completion: str, truth: str) -> bool:
+        want, got = parse_number(gsm8k_final(truth)), parse_number(gsm8k_final(completion))
+        return want is not None and got is not None and got == want
 
 
-class BoxedAnswerReward:
+class BoxedAnswerReward(_AnswerReward):
     """1.0 when the last `\\boxed{...}` of the completion is equivalent to the record's `answer` (itself a plain
     answer or a solution with a `\\boxed{}`), else 0.0 (module docstring for what "equivalent" covers).
 
     Example: completion "... = \\boxed{\\dfrac{1}{2}}", answer "0.5" -> 1.0; no `\\boxed` -> 0.0.
     """
 
-    min_score, max_score = 0.0, 1.0
+    name = "boxed-answer"
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any] | None = None,
-                 **metadata: Any) -> list[float]:
-        if answer is None:
-            raise ValueError("the boxed-answer reward needs an `answer` column in the prompt records")
-        out = []
-        for completion, truth in zip(completions, answer):
-            want = boxed(str(truth)) or str(truth)
-            out.append(float(answers_match(boxed(completion), want)))
-        return out
+    def matches(self, completion: str, truth: str) -> bool:
+        return answers_match(boxed(completion), boxed(truth) or truth)

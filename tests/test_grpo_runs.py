@@ -117,3 +117,16 @@ def test_grpo_arith_smoke_run_and_the_step_probe_on_it(tmp_path: Path, capsys: p
     assert probe.main([str(run), "--prompts", "4", "--batches", "1", "--eval-batches", "1", "--steps", "0.01"]) == 1
     assert "the GRPO gradient is zero" in capsys.readouterr().err
     assert probe.main([str(tmp_path)]) == 2 and "not a finished run dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rloo_with_d3s_and_skillit_trains_from_one_command(tmp_path: Path) -> None:
+    """`method=rloo` on the rollout loop composes with a down-sampler and a skill curriculum: one command trains
+    it, D³S keeps a quarter of the rollouts at the start, and the curriculum's callback logs the sampled reward
+    per skill from the RolloutRewards each step returns."""
+    run = train_subprocess(tmp_path / "run", [*GRPO, "method=rloo", "method.optimizer.lr=1e-2", "downsample=d3s",
+                                              "curriculum=skillit", "curriculum.callback.eval_every=2",
+                                              "data.batch_size=4"])
+    kept, total = logged(run, "train/selected_rollouts"), logged(run, "train/rollouts")
+    assert kept[min(kept)] == round(0.25 * total[min(total)]) == 4
+    assert any(logged(run, f"train/reward_skill{s}") for s in range(3))

@@ -202,18 +202,16 @@ def test_a_second_stage_mistake_is_refused_before_the_first_stage_trains(overrid
 def test_reward_max_auto_reads_the_rewards_range_and_names_the_fix_when_it_cannot() -> None:
     """auto: the reward set's best total (arith + 0.1 format = 1.1); a reward function without a declared range is
     one error naming curriculum.callback.reward_max; a number is taken as given, anything else refused."""
-    from types import SimpleNamespace
-
     from src.callbacks.skills.evaluation import _reward_max_setting, resolve_reward_max
     from src.rewards.arith import ArithAnswerReward
     from src.rewards.combine import RewardSet
     from src.rewards.format import FormatReward
 
     both = RewardSet({"correct": ArithAnswerReward(), "format": FormatReward()}, {"format": 0.1})
-    assert resolve_reward_max("auto", SimpleNamespace(reward_fn=both)) == pytest.approx(1.1)
+    assert resolve_reward_max("auto", both) == pytest.approx(1.1)
     plain = RewardSet({"mine": lambda prompts, completions, **m: [1.0] * len(completions)})
     with pytest.raises(DataError, match="curriculum.callback.reward_max="):
-        resolve_reward_max("auto", SimpleNamespace(reward_fn=plain))
-    assert resolve_reward_max(_reward_max_setting("2.5"), SimpleNamespace(reward_fn=plain)) == 2.5
+        resolve_reward_max("auto", plain)
+    assert resolve_reward_max(_reward_max_setting("2.5"), plain) == 2.5
     with pytest.raises(DataError, match="neither a number nor auto"):
         _reward_max_setting("best")

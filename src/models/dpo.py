@@ -8,19 +8,23 @@ response) and `chosen_ref_logp` / `rejected_ref_logp` (precomputed reference log
 One forward for both responses: chosen and rejected are stacked into one [2B, T] batch for the policy and one for
 the reference, so a step costs two forwards, not four. The loss is the mean over pairs of the step (all
 micro-batches and ranks with `method.loss_normalization=step`): numerator Σ pair losses, denominator pairs.
+
+The loss is an object (src/models/preference_losses.py): the DPO family from `beta`, `loss_type` and
+`label_smoothing` (the default), or any `PreferenceLoss` given as `loss` (SimPO: `method=simpo`). The reference
+model is built only when the loss needs one, so SimPO holds one copy of the weights, not two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from src.losses.dpo import DPO_LOSS_TYPES, dpo_loss
 from src.models.logprobs import batch_logprobs, batch_view
 from src.models.objective import Objective, StepOutput
+from src.models.preference_losses import DPOFamilyLoss, PreferenceLoss, build_preference_loss
 from src.models.reference import REFERENCE_MODES, ReferenceModel, peft_model_of
 
 PAIR = ("chosen_", "rejected_")
@@ -47,12 +51,14 @@ def stack_views(batch: dict[str, Tensor], prefixes: tuple[str, ...] = PAIR) -> d
 
 
 class DPOModule(Objective):
-    """(Token-weighted) DPO against a frozen reference.
+    """Preference optimisation on pairs: (token-weighted) DPO against a frozen reference, or another preference loss.
 
-    beta: β of the loss (> 0). loss_type: one of DPO_LOSS_TYPES (`conservative` is label smoothing, not
-    critical-token DPO; src/losses/dpo.py). label_smoothing: ε of `conservative` / `robust`.
+    beta: β of the loss (> 0). loss_type: sigmoid | ipo | hinge | conservative | robust (`conservative` is label
+    smoothing, not critical-token DPO; src/losses/dpo.py). label_smoothing: ε of `conservative` / `robust`.
+    loss: a `PreferenceLoss` object instead of the three above (SimPO); then they must be left unset.
     reference: `copy` (frozen copy of the starting policy), `adapter` (the LoRA policy with its adapter off),
-    `precomputed` (log-probs carried by the batch), or `auto` (`adapter` for a LoRA backbone, else `copy`).
+    `precomputed` (log-probs carried by the batch), or `auto` (`adapter` for a LoRA backbone, else `copy`); unused
+    when the loss needs no reference.
     token_weights: use `chosen_weights` / `rejected_weights` from the batch when present (critical-token DPO).
     """
 
@@ -64,31 +70,37 @@ class DPOModule(Objective):
         backbone: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        beta: float = 0.1,
-        loss_type: str = "sigmoid",
-        label_smoothing: float = 0.0,
+        beta: float | None = None,
+        loss_type: str | None = None,
+        label_smoothing: float | None = None,
+        loss: PreferenceLoss | Mapping[str, Any] | None = None,
         reference: str = "auto",
         token_weights: bool = True,
-        kernel_impl: str = "auto",
-        tokenizer: Any = None,
-        compile: bool = False,
-        loss_normalization: str = "step",
-        nonfinite: str = "stop",
+        **base: Any,
     ) -> None:
-        if beta <= 0:
-            raise ValueError(f"method.beta must be > 0, got {beta}")
-        if loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"method.loss_type={loss_type!r} is not one of {DPO_LOSS_TYPES} (critical-token DPO "
-                             "is loss_type=sigmoid with token weights in the data)")
+        given = loss is not None
+        if loss is None:
+            loss = DPOFamilyLoss(0.1 if beta is None else beta, loss_type or "sigmoid",
+                                 0.0 if label_smoothing is None else label_smoothing)
+        elif (beta, loss_type, label_smoothing) != (None, None, None):
+            raise ValueError("method.loss sets the preference loss; method.beta, method.loss_type and "
+                             "method.label_smoothing belong to the DPO family's loss: set them under method.loss")
+        loss = build_preference_loss(loss)
         if reference not in (*REFERENCE_MODES, "auto"):
             raise ValueError(f"method.reference={reference!r} is not one of {(*REFERENCE_MODES, 'auto')}")
-        super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
-                         compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
+        super().__init__(backbone, optimizer, scheduler, **base)
+        # a given loss object's settings as plain values (checkpoints are read with weights_only; build_preference_loss
+        # reads them back); a DPO-family loss is recorded by its beta, loss_type and label_smoothing
+        for store in (self.hparams, getattr(self, "_hparams_initial", {})):
+            if given:
+                store["loss"] = loss.describe()
+            else:
+                store.pop("loss", None)
         if reference == "auto":
             reference = "adapter" if peft_model_of(backbone) is not None else "copy"
-        self.beta, self.loss_type, self.label_smoothing = float(beta), loss_type, float(label_smoothing)
+        self.loss = loss
         self.use_token_weights = bool(token_weights)
-        self.reference = ReferenceModel(backbone, reference, kernel=self.kernel)
+        self.reference = ReferenceModel(backbone, reference, kernel=self.kernel) if loss.needs_reference else None
 
     def input_tokens(self, batch: dict[str, Tensor]) -> int:
         return sum(int(batch[f"{p}attention_mask"].sum()) for p in PAIR)
@@ -101,15 +113,8 @@ class DPOModule(Objective):
         b = self.batch_size_of(batch)
         both = stack_views(batch)  # [2B, T]: chosen rows, then rejected rows
         policy = batch_logprobs(self.backbone, both, kernel=self.kernel)  # [2B, T]
-        ref = self.reference.logprobs(both)  # [2B, T], no gradient
+        ref = self.reference.logprobs(both) if self.reference is not None else None  # [2B, T], no gradient
         mask = policy.mask.float()  # [2B, T]
         weights = both.get("weights") if self.use_token_weights else None  # [2B, T] or None
-        if self.loss_type == "ipo":  # IPO compares length-averaged log-ratios (as TRL does)
-            per_token = mask / mask.sum(-1, keepdim=True).clamp(min=1)
-            weights = per_token if weights is None else weights * per_token
-        split = lambda x: (x[:b], x[b:]) if x is not None else (None, None)  # noqa: E731
-        (lc, lr), (rc, rr), (mc, mr), (wc, wr) = split(policy.logp), split(ref), split(mask), split(weights)
-        loss_sum, metrics = dpo_loss(lc, lr, rc, rr, mc, mr, beta=self.beta, loss_type=self.loss_type,
-                                     label_smoothing=self.label_smoothing, chosen_weights=wc, rejected_weights=wr,
-                                     reduction="sum")
+        loss_sum, metrics = self.loss(policy.logp, ref, mask, weights, b)
         return StepOutput(loss_sum, torch.tensor(b, device=loss_sum.device), capacity=b, metrics=metrics)

@@ -1,357 +1,54 @@
-"""GRPO (and Dr. GRPO / DAPO-style normalisers) with optional D³S dual-level down-sampling (`method=grpo`).
+"""GRPO (and Dr. GRPO / DAPO-style normalisers) on the shared rollout loop (`method=grpo`).
 
-One training step = one generation batch (docs/grpo.md):
-1. the B prompts of the data batch are sampled G times each with the KV cache (`num_generations`, `temperature`,
-   `top_p`, `top_k`, `max_new_tokens`; stop at the end token) from the module's own checkpointed generator;
-2. the reward (`reward=` config group, src/rewards/) scores every rollout; a failed score is counted and scored
-   as `reward.on_error` says (`drop`: the rollout gets A = 0 and no loss);
-3. group advantages (`scale_rewards`), old log-probs and entropies once, without gradient (the fused kernel gives
-   the entropy in the same pass), reference log-probs when `beta > 0`;
-4. down-sampling (`downsample.mode`): `none`; `d3s` — the max-Var(A) subset of rollouts (cross-group pooled or
-   intra-group) and the top-K tokens by |A|·H among them, N(p) and K(p) linear in training progress p; `random` —
-   the same counts drawn at random. The masks are fixed for the PPO epochs of the batch; only rows with a kept
-   token are forwarded again;
-5. `ppo_epochs` optimizer updates, each over the whole generation batch (micro-batches of `micro_batch_size`
-   rows accumulate): clipped surrogate (`eps_low`, `eps_high`) + β·k3 KL, normalised by `loss_type`
-   (src/losses/grpo.py) with the denominator summed over every micro-batch and rank *before* the backward, so
-   the update is exactly Σ numerator / Σ denominator of the whole generation batch whatever the split.
-
-Manual optimisation (several updates per data batch), so this module does what the base's automatic path does:
-the non-finite policy (`nonfinite`), gradient clipping (the trainer's `gradient_clip_val`, applied here; Lightning
-refuses it under manual optimisation), the scheduler step per update. `trainer.max_steps` counts optimizer
-updates (generation batches × ppo_epochs); `trainer.accumulate_grad_batches` must be 1 (use `micro_batch_size`).
-Under DDP every rank samples its own prompts and down-samples its own pool; the normalisers' counts are global.
-
-Validation: greedy completions of the validation prompts, `val/reward` (mean over all prompts and ranks).
+The loop (sampling, rewards, old log-probs, down-sampling, PPO epochs, micro-batches, validation, checkpointed
+sampler) is `RolloutObjective`'s (src/models/rollout.py; D³S and its random control are down-samplers,
+src/models/downsamplers.py). GRPO adds two things:
+- the group-relative advantage A_i = (r_i − mean_group(r)) / scale (`scale_rewards`: group | batch | none);
+- the per-token clipped surrogate (`eps_low`, `eps_high`) + β·k3 KL to the starting policy, normalised by
+  `loss_type` (grpo | bnpo | dr_grpo | dapo, as TRL defines them; src/losses/grpo.py has the worked example),
+  with the denominator counted over the whole generation batch and all ranks.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from lightning.pytorch.strategies import DeepSpeedStrategy
-from torch import Tensor, nn
-from torchmetrics import SumMetric
+from torch import Tensor
 
-from src.losses.d3s import kept_count, linear_schedule, select_rollouts, select_tokens
 from src.losses.grpo import GRPO_LOSS_TYPES, SCALE_REWARDS, clipped_surrogate, group_advantages, k3_kl, normalise
-from src.models.components.generation import generate
 from src.models.logprobs import batch_logprobs
-from src.models.objective import NonFiniteLossError, Objective, StepOutput
-from src.models.reference import REFERENCE_MODES, ReferenceModel, peft_model_of
-from src.models.rollouts import completion_mask, left_pad, rollout_batch
+from src.models.objective import StepOutput
+from src.models.rollout import ROLLOUT_KEYS, RolloutObjective
 
-log = logging.getLogger(__name__)
-
-DOWNSAMPLE_MODES = ("none", "random", "d3s")
-SAMPLE_MODES = ("cross", "intra")
-ROLLOUT_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
-SAMPLER_KEY = "tokensmith_grpo_sampler"  # the sampling generator's state and the RL counters in checkpoints
+__all__ = ["GRPOModule", "ROLLOUT_KEYS"]
 
 
-def _all_reduce_sum(x: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+class GRPOModule(RolloutObjective):
+    """Group-relative policy optimisation (module docstring); the rest of the arguments are `RolloutObjective`'s.
 
-
-def _finite_or_nan(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _variance(a: Tensor) -> float:
-    """Population variance of advantages (0 for fewer than 2)."""
-    return float(a.double().var(unbiased=False)) if a.numel() > 1 else 0.0
-
-
-def _deepspeed_micro_batch(engine: Any, last: bool) -> None:
-    """Prepare DeepSpeed for one more forward/backward inside the same optimizer update.
-
-    Why: under Lightning, GRPO's whole training step (generation, every micro-batch, every update) runs inside one
-    call of the engine's forward, and Lightning's gradient_accumulation_steps is 1, so DeepSpeed would treat every
-    backward as a whole step. It reduces gradients at an accumulation boundary only (ZeRO-2: a later micro-batch's
-    gradients replaced the earlier ones'), and its ZeRO optimizers count micro-steps at the start of each engine
-    forward (ZeRO-3 copied each micro-batch's gradient partition over the previous one instead of adding it). So:
-    mark only the update's last backward as the boundary, and start each micro-batch as the engine's forward does.
-    Measured before this (2 CPU ranks, micro-batches of 1-3 rows): weights 5e-2 to 8e-2 from DDP's after 4 updates."""
-    engine.set_gradient_accumulation_boundary(last)
-    clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)  # ZeRO optimizers (DeepSpeed >= 0.18)
-    if callable(clear):
-        clear()
-
-
-class GRPOModule(Objective):
-    """Group-relative policy optimisation on prompt batches (module docstring).
-
-    reward: the built `reward=` config (a `RewardSet`, or any callable `(prompts, completions, **metadata) ->
-        list[float]`). num_generations: G. loss_type: grpo | bnpo | dr_grpo | dapo. scale_rewards: group | batch |
-        none. beta: k3 KL weight (0: no reference model). reference: copy | adapter | auto.
-    downsample: {mode: none|random|d3s, sample: cross|intra, n_init, n_final, k_init, k_final} (fractions of
-        rollouts and of their tokens kept; `none` keeps all).
+    scale_rewards: group | batch | none. loss_type: grpo | bnpo | dr_grpo | dapo. eps_low, eps_high: the clip
+    range of the ratio. beta: the k3 KL term's weight in the loss (0: no reference model).
     """
 
-    data_formats = ("prompt",)
-    data_hint = "prompts with answers (data.format=prompt, e.g. data=prompts_jsonl or data=arith_prompts)"
+    method_name = "grpo"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        reward: Callable[..., Any] | None = None,
-        num_generations: int = 8,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        scale_rewards: str = "group",
-        loss_type: str = "dapo",
-        eps_low: float = 0.2,
-        eps_high: float = 0.2,
-        beta: float = 0.0,
-        reference: str = "auto",
-        ppo_epochs: int = 1,
-        micro_batch_size: int | None = None,
-        downsample: Mapping[str, Any] | None = None,
-        val_max_new_tokens: int | None = None,
-        kernel_impl: str = "auto",
-        tokenizer: Any = None,
-        compile: bool = False,
-        loss_normalization: str = "step",
-        nonfinite: str = "stop",
-    ) -> None:
-        if reward is None:
-            raise ValueError("method=grpo needs a reward: add reward=arith (or reward=format, or your own "
-                             "reward.functions.<name>._target_=...; docs/grpo.md)")
-        if not callable(reward):
-            raise ValueError(f"the reward config built a {type(reward).__name__}, which is not callable")
-        if num_generations < 2:
-            raise ValueError(f"method.num_generations must be >= 2 (a group needs a contrast), got {num_generations}")
+    def __init__(self, *args: Any, scale_rewards: str = "group", loss_type: str = "dapo", eps_low: float = 0.2,
+                 eps_high: float = 0.2, **kwargs: Any) -> None:
         if scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"method.scale_rewards={scale_rewards!r} is not one of {SCALE_REWARDS}")
         if loss_type not in GRPO_LOSS_TYPES:
             raise ValueError(f"method.loss_type={loss_type!r} is not one of {GRPO_LOSS_TYPES}")
-        if ppo_epochs < 1 or max_new_tokens < 1:
-            raise ValueError("method.ppo_epochs and method.max_new_tokens must be >= 1")
-        if not (temperature > 0 and 0 < top_p <= 1):
-            raise ValueError(f"rollouts need method.temperature > 0 and 0 < method.top_p <= 1, got {temperature}, "
-                             f"{top_p}")
-        if beta < 0 or eps_low < 0 or eps_high < 0:
-            raise ValueError("method.beta, method.eps_low and method.eps_high must be >= 0")
-        if reference not in (*REFERENCE_MODES, "auto"):
-            raise ValueError(f"method.reference={reference!r} is not one of {(*REFERENCE_MODES, 'auto')}")
-        ds = {"mode": "none", "sample": "cross", "n_init": 1.0, "n_final": 1.0, "k_init": 1.0, "k_final": 1.0,
-              **dict(downsample or {})}
-        if ds["mode"] not in DOWNSAMPLE_MODES or ds["sample"] not in SAMPLE_MODES:
-            raise ValueError(f"downsample.mode must be one of {DOWNSAMPLE_MODES} and downsample.sample one of "
-                             f"{SAMPLE_MODES}, got {ds['mode']!r}, {ds['sample']!r}")
-        for key in ("n_init", "n_final", "k_init", "k_final"):
-            if not 0 < float(ds[key]) <= 1:
-                raise ValueError(f"downsample.{key} is a kept fraction in (0, 1], got {ds[key]}")
-        super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
-                         compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
-        self.automatic_optimization = False
-        # The reward is an object built from reward= (its config is in the run's config): not a hyper-parameter, and
-        # checkpoints (read with weights_only) must not pickle it.
-        self.hparams.pop("reward", None)
-        getattr(self, "_hparams_initial", {}).pop("reward", None)
-        self.hparams["downsample"] = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ds.items()}
-        self.reward_fn = reward
-        self.g, self.max_new_tokens = int(num_generations), int(max_new_tokens)
-        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), top_k
+        if eps_low < 0 or eps_high < 0:
+            raise ValueError("method.eps_low and method.eps_high must be >= 0")
+        super().__init__(*args, **kwargs)
         self.scale_rewards, self.loss_type = scale_rewards, loss_type
-        self.eps_low, self.eps_high, self.beta = float(eps_low), float(eps_high), float(beta)
-        self.ppo_epochs = int(ppo_epochs)
-        self.micro_batch_size = int(micro_batch_size) if micro_batch_size else None
-        self.downsample = ds
-        self.val_max_new_tokens = int(val_max_new_tokens or max_new_tokens)
-        self.max_grad_norm: float | None = None  # the trainer's gradient_clip_val, taken in configure_callbacks
-        self.reference: ReferenceModel | None = None
-        if self.beta > 0:
-            if reference == "auto":
-                reference = "adapter" if peft_model_of(backbone) is not None else "copy"
-            self.reference = ReferenceModel(backbone, reference, kernel=self.kernel)
-        # RL state that travels with checkpoints (on_save_checkpoint)
-        self._generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None  # restored state, applied when the generator is made
-        self.backprop_tokens = 0  # completion tokens that entered the loss, × ppo_epochs, all ranks
-        self.generation_batches = 0
-        self.train_seconds = 0.0
-        self.val_reward_sum, self.val_count = SumMetric(), SumMetric()
+        self.eps_low, self.eps_high = float(eps_low), float(eps_high)
 
-    # ---- set-up --------------------------------------------------------------------------------------------
-    @property
-    def optimizer_steps_per_batch(self) -> int:
-        """Optimizer updates per data batch: the data module's stream position reads it (src/data/stream_position)."""
-        return self.ppo_epochs
+    def advantages(self, rewards: Tensor, valid: Tensor, old_logp: Tensor, ref_logp: Tensor | None,
+                   token_mask: Tensor) -> Tensor:
+        return group_advantages(rewards, self.g, self.scale_rewards, valid=valid)  # [N]
 
-    def configure_callbacks(self) -> list[Any]:
-        """Runs before Lightning validates the trainer: manual optimisation refuses `gradient_clip_val`, so this
-        module takes it over (clips in `_update`) and refuses accumulation (use method.micro_batch_size)."""
-        trainer = self.trainer
-        clip = trainer.gradient_clip_val
-        if clip:
-            if trainer.gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError("method=grpo clips by norm only; set trainer.gradient_clip_algorithm=norm")
-            trainer.gradient_clip_val = None
-            if isinstance(trainer.strategy, DeepSpeedStrategy):
-                # Lightning's clip_gradients is a no-op under DeepSpeed, and the engine's config reads
-                # gradient_clip_val after this hook (which just cleared it): hand the threshold to the engine,
-                # which clips by the global norm inside its step.
-                trainer.strategy.config.setdefault("gradient_clipping", float(clip))
-            else:
-                self.max_grad_norm = float(clip)
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError(
-                f"method=grpo optimises one generation batch per step (trainer.accumulate_grad_batches="
-                f"{trainer.accumulate_grad_batches}); set it to 1 and use data.batch_size (prompts per step) and "
-                "method.micro_batch_size (rows per forward) instead"
-            )
-        return []
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._normaliser = None  # the generation batch is normalised here, not by the step normaliser
-
-    def sampler(self) -> torch.Generator:
-        """The rollout sampling generator: seeded from the run's seed and the rank, restored from checkpoints."""
-        if self._generator is None or self._generator.device != self.device:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(int(torch.initial_seed()) * 1000 + 17 + int(self.global_rank))
-            if self._generator_state is not None:
-                gen.set_state(self._generator_state)
-                self._generator_state = None
-            self._generator = gen
-        return self._generator
-
-    # ---- rollouts --------------------------------------------------------------------------------------------
-    @staticmethod
-    def batch_size_of(batch: dict[str, Any]) -> int:
-        key = "prompt_input_ids" if "prompt_input_ids" in batch else "input_ids"
-        return int(batch[key].shape[0])
-
-    def _generate(self, batch: dict[str, Any], repeat: int, greedy: bool,
-                  max_new_tokens: int) -> tuple[dict[str, Tensor], list[str], dict[str, list[Any]]]:
-        """(scorable rollout batch [B·repeat, T], completion texts, per-rollout metadata incl. `prompt`)."""
-        tok = self.tokenizer
-        if tok is None:
-            raise ValueError("method=grpo needs the tokenizer (decode completions for the reward)")
-        if "prompt_input_ids" not in batch:
-            raise KeyError("method=grpo trains on prompt batches (data.format=prompt, e.g. data=arith_prompts); "
-                           f"this batch has {sorted(batch)}")
-        ids, mask = left_pad(batch["prompt_input_ids"], batch["prompt_attention_mask"], tok.pad_id)  # [B, L]
-        ids, mask = ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)  # [N, L]
-        new = generate(self.backbone, ids, mask, max_new_tokens=max_new_tokens,
-                       temperature=0.0 if greedy else self.temperature, top_k=None if greedy else self.top_k,
-                       top_p=None if greedy else self.top_p, stop_token_ids=(tok.eos_id,), pad_token_id=tok.pad_id,
-                       generator=None if greedy else self.sampler())  # [N, M]
-        new_mask = completion_mask(new, (tok.eos_id,))  # [N, M]
-        special = set(tok.special_ids)
-        texts = [tok.decode([t for t, m in zip(row, keep) if m and t not in special])
-                 for row, keep in zip(new.tolist(), new_mask.tolist())]
-        meta: dict[str, list[Any]] = {}
-        for key, value in batch.items():
-            if isinstance(value, list):
-                meta[key] = [v for v in value for _ in range(repeat)]
-            elif key == "skill":
-                meta[key] = [int(v) for v in value.tolist() for _ in range(repeat)]
-        meta.setdefault("prompt", [tok.decode([t for t in row if t not in special]) for row in ids.tolist()])
-        return rollout_batch(ids, mask, new, new_mask, tok.pad_id), texts, meta
-
-    def _score(self, texts: list[str], meta: dict[str, list[Any]]) -> tuple[Tensor, Tensor, int]:
-        """(rewards [N] float, valid [N] bool, failed scores) on the module's device."""
-        prompts = meta["prompt"]
-        extra = {k: v for k, v in meta.items() if k != "prompt"}
-        try:
-            out = self.reward_fn(prompts, texts, **extra)
-        except Exception as err:  # noqa: BLE001 (a bare callable; a RewardSet isolates failures per rollout)
-            log.warning("the reward raised %s: %s; every rollout of this batch scores 0 (use a RewardSet, "
-                        "reward=..., to isolate failures per rollout)", type(err).__name__, err)
-            out = [math.nan] * len(texts)
-        if hasattr(out, "total") and hasattr(out, "valid"):  # a RewardSet: failures already isolated
-            total, valid, errors = list(out.total), list(out.valid), int(out.n_errors)
-        else:  # a bare callable: NaN / None count as failures scored 0
-            total = [_finite_or_nan(x) for x in out]
-            errors = sum(not math.isfinite(x) for x in total)
-            total, valid = [x if math.isfinite(x) else 0.0 for x in total], [True] * len(total)
-        if len(total) != len(texts):
-            raise ValueError(f"the reward returned {len(total)} scores for {len(texts)} rollouts")
-        return (torch.tensor(total, dtype=torch.float32, device=self.device),
-                torch.tensor(valid, dtype=torch.bool, device=self.device), errors)
-
-    @torch.no_grad()
-    def _old_logprobs(self, rollouts: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Old log-probs, entropies [N, T] (one fused pass, no gradient) and reference log-probs (or None)."""
-        logps, ents, refs = [], [], []
-        for sl in self._row_slices(rollouts["input_ids"].shape[0]):
-            part = {k: rollouts[k][sl] for k in ROLLOUT_KEYS}
-            out = batch_logprobs(self.backbone, part, kernel=self.kernel, with_entropy=True,
-                                 temperature=self.temperature)
-            logps.append(out.logp)
-            ents.append(out.entropy)
-            if self.reference is not None:
-                refs.append(self.reference.logprobs(part, temperature=self.temperature))
-        return torch.cat(logps), torch.cat(ents), (torch.cat(refs) if refs else None)
-
-    def _row_slices(self, n: int) -> list[slice]:
-        size = self.micro_batch_size or max(n, 1)
-        return [slice(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
-
-    # ---- down-sampling ---------------------------------------------------------------------------------------
-    def progress(self) -> float:
-        """Training progress p in [0, 1]: optimizer updates done / trainer.max_steps."""
-        trainer = self._trainer  # None when the module is used without a trainer (tests, scripts): p = 0
-        total = int(getattr(trainer, "max_steps", -1) or -1)
-        return min(1.0, self.global_step / total) if total > 0 else 0.0
-
-    def fractions(self, p: float) -> tuple[float, float]:
-        """(N(p), K(p)): the kept fractions of rollouts and of their tokens (1, 1 without down-sampling)."""
-        d = self.downsample
-        if d["mode"] == "none":
-            return 1.0, 1.0
-        return linear_schedule(p, d["n_init"], d["n_final"]), linear_schedule(p, d["k_init"], d["k_final"])
-
-    def select(self, advantages: Tensor, entropy: Tensor, token_mask: Tensor, valid: Tensor, n_frac: float,
-               k_frac: float) -> tuple[Tensor, Tensor]:
-        """(selected rollouts [N] bool, loss mask [N, T]: the kept tokens of selected rollouts); module docstring,
-        step 4. A selected rollout may keep no token (its |A|·H are the smallest), and then is not forwarded."""
-        mode, g = self.downsample["mode"], self.g
-        if mode == "none":
-            return valid.clone(), token_mask & valid[:, None]
-        if mode == "d3s":
-            keep = select_rollouts(advantages, g, n_frac, self.downsample["sample"]) & valid
-            return keep, select_tokens(advantages, entropy, token_mask & keep[:, None], k_frac)
-        # random: the same counts as D³S, drawn uniformly
-        gen = self.sampler()
-        m = advantages.numel()
-        keep = torch.zeros(m, dtype=torch.bool, device=advantages.device)
-        if self.downsample["sample"] == "cross":
-            keep[torch.randperm(m, generator=gen, device=gen.device)[:kept_count(n_frac, m)].to(keep.device)] = True
-        else:
-            n = kept_count(n_frac, g, minimum=2)
-            for start in range(0, m, g):
-                pick = torch.randperm(g, generator=gen, device=gen.device)[:n].to(keep.device)
-                keep[start + pick] = True
-        mask = token_mask & (keep & valid)[:, None]
-        n_tokens = int(mask.sum())
-        if n_tokens == 0:
-            return keep & valid, mask
-        score = torch.rand(mask.shape, generator=gen, device=gen.device).to(mask.device).masked_fill(~mask, -1.0)
-        top = torch.topk(score.flatten(), kept_count(k_frac, n_tokens)).indices
-        out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-        out[top] = True
-        return keep & valid, out.view_as(mask) & mask
-
-    # ---- the loss of a fixed rollout batch -----------------------------------------------------------------------
     def denominator(self, loss_mask: Tensor) -> Tensor:
         """The normaliser's denominator for a micro-batch's loss mask [n, T] (src/losses/grpo.py), counting only
         rows that keep a token: a row with an empty mask (a micro-batch padded so that every DDP rank runs as many
@@ -388,194 +85,3 @@ class GRPOModule(Objective):
             clipped = ((ratio < 1 - self.eps_low) & (a < 0)) | ((ratio > 1 + self.eps_high) & (a > 0))
             metrics["clip_fraction"] = (clipped & mask).sum() / mask.sum().clamp(min=1)
         return StepOutput(num, den.detach(), capacity=int(mask.numel()), metrics=metrics)
-
-    # ---- one generation batch ------------------------------------------------------------------------------------
-    def make_generation_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Sample, score, compute advantages, old log-probs and the down-sampling masks: the fixed rollout batch
-        (rows with no kept token removed) and its statistics."""
-        rollouts, texts, meta = self._generate(batch, self.g, greedy=False, max_new_tokens=self.max_new_tokens)
-        rewards, valid, errors = self._score(texts, meta)  # [N], [N]
-        advantages = group_advantages(rewards, self.g, self.scale_rewards, valid=valid)  # [N]
-        self.backbone.train()  # old log-probs in the mode the loss is computed in: ratio 1 at the first epoch
-        old_logp, entropy, ref_logp = self._old_logprobs(rollouts)  # [N, T]
-        token_mask = rollouts["labels"] != -100  # [N, T]
-        p = self.progress()
-        n_frac, k_frac = self.fractions(p)
-        selected, loss_mask = self.select(advantages, entropy, token_mask, valid, n_frac, k_frac)  # [N], [N, T]
-        kept_rows = loss_mask.any(-1)  # [N]
-        stats = {
-            "reward_mean": float(rewards[valid].mean()) if bool(valid.any()) else 0.0,
-            "reward_std": float(rewards[valid].std()) if int(valid.sum()) > 1 else 0.0,
-            "reward_errors": float(errors),
-            "completion_tokens_mean": float(token_mask.sum(-1).float().mean()),
-            # the sampling policy's mean per-token entropy on its own rollouts (from the old-log-prob pass, free):
-            # a collapse shows as a fall towards 0 before the reward falls
-            "entropy_mean": float((entropy * token_mask).sum() / token_mask.sum().clamp(min=1)),
-            "var_a_before": _variance(advantages[valid]),
-            "var_a_after": _variance(advantages[selected]),
-            "selected_rollouts": float(selected.sum()),
-            "kept_rollouts": float(kept_rows.sum()),
-            "kept_tokens": float(loss_mask.sum()),
-            "selected_tokens": float((token_mask & selected[:, None]).sum()),
-            "rollouts": float(rewards.numel()),
-            "tokens": float(token_mask.sum()),
-            "n_frac": n_frac,
-            "k_frac": k_frac,
-            "progress": p,
-        }
-        rows = kept_rows.nonzero().flatten()
-        if rows.numel() == 0:  # nothing to learn from on this rank; one row with an empty mask keeps DDP in step
-            rows = torch.zeros(1, dtype=torch.long, device=rewards.device)
-        fixed = {k: rollouts[k][rows] for k in ROLLOUT_KEYS}
-        fixed.update(advantages=advantages[rows], old_logp=old_logp[rows], loss_mask=loss_mask[rows])
-        if ref_logp is not None:
-            fixed["ref_logp"] = ref_logp[rows]
-        if "skill" in meta:
-            stats["_skill_rewards"] = (torch.tensor(meta["skill"]), rewards.detach().cpu(), valid.cpu())  # type: ignore
-        return fixed, stats
-
-    def _micro_batches(self, fixed: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-        """This rank's micro-batches, as many as the rank with the most (an extra one has an empty loss mask):
-        every rank runs the same number of backwards, as DDP requires."""
-        n = fixed["input_ids"].shape[0]
-        slices = self._row_slices(n)
-        count = torch.tensor(float(len(slices)), device=self.device)
-        if self.trainer.world_size > 1:
-            count = self.trainer.strategy.reduce(count, reduce_op="max")
-        parts = [{k: v[sl] for k, v in fixed.items()} for sl in slices]
-        while len(parts) < int(count):
-            pad = {k: v[:1] for k, v in fixed.items()}
-            pad["loss_mask"] = torch.zeros_like(pad["loss_mask"])
-            parts.append(pad)
-        return parts
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        fixed, stats = self.make_generation_batch(batch)
-        parts = self._micro_batches(fixed)
-        # The denominator of the whole generation batch, all micro-batches and ranks, known before any backward.
-        local_den = sum(self.denominator(p["loss_mask"]).double() for p in parts)
-        total_den = float(_all_reduce_sum(torch.as_tensor(local_den, device=self.device).clone()))
-        world = int(self.trainer.world_size)
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        engine = self.trainer.strategy.deepspeed_engine if isinstance(self.trainer.strategy, DeepSpeedStrategy) \
-            else None
-        last: list[StepOutput] = []
-        for _epoch in range(self.ppo_epochs):
-            last = []
-            for i, part in enumerate(parts):
-                if engine is not None:
-                    _deepspeed_micro_batch(engine, last=i == len(parts) - 1)
-                out = self.compute_loss(part)
-                # DDP averages gradients over ranks: × world makes the update ∇ Σ_all numerators / Σ_all denominators
-                self.manual_backward(out.numerator * (world / max(total_den, 1e-12)))
-                last.append(out.detached())
-            self._update(opt, sched, last)
-        kept = _all_reduce_sum(torch.tensor(stats["kept_tokens"], device=self.device, dtype=torch.float64))
-        self.backprop_tokens += int(kept) * self.ppo_epochs
-        self.generation_batches += 1
-        self.train_seconds += time.perf_counter() - start
-        self._log_generation_batch(stats, last, total_den)
-        num = torch.stack([o.numerator for o in last]).sum()
-        den = torch.stack([o.denominator.to(num.dtype) for o in last]).sum()
-        return {"step": StepOutput(num, den, capacity=sum(o.capacity for o in last))}
-
-    def _update(self, opt: Any, sched: Any, outs: list[StepOutput]) -> None:
-        """One optimizer update: the non-finite policy, clipping, the step, the scheduler."""
-        bad = torch.stack([(~torch.isfinite(o.numerator)).float() for o in outs]).sum()
-        if float(_all_reduce_sum(bad)) > 0:
-            opt.zero_grad(set_to_none=True)
-            step = int(self.global_step) + 1
-            if self.nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"the GRPO loss is not finite at optimizer step {step}; the run stops before applying that "
-                    "update. Lower the learning rate or set method.nonfinite=skip")
-            self.skipped_steps += 1
-            log.warning("optimizer step %d skipped: non-finite loss (method.nonfinite=skip)", step)
-            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
-            return
-        if self.max_grad_norm:
-            self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if sched is not None:
-            sched.step()
-
-    def _log_generation_batch(self, stats: dict[str, Any], outs: list[StepOutput], total_den: float) -> None:
-        skill = stats.pop("_skill_rewards", None)
-        num = float(_all_reduce_sum(torch.stack([o.numerator.double() for o in outs]).sum().clone()))
-        log_kw = {"batch_size": 1, "on_step": True, "on_epoch": False}
-        self.log("train/loss", num / max(total_den, 1e-12), prog_bar=True, **log_kw)
-        for name in ("reward_mean", "reward_std", "completion_tokens_mean", "entropy_mean", "var_a_before",
-                     "var_a_after"):
-            self.log(f"train/{name}", stats[name], sync_dist=True, **log_kw)
-        for name in ("reward_errors", "selected_rollouts", "kept_rollouts", "kept_tokens", "rollouts", "tokens"):
-            self.log(f"train/{name}", stats[name], sync_dist=True, reduce_fx="sum", **log_kw)
-        for name in ("n_frac", "k_frac", "progress"):
-            self.log(f"train/{name}", stats[name], **log_kw)
-        self.log("train/backprop_tokens", float(self.backprop_tokens), **log_kw)
-        self.log("train/generation_batches", float(self.generation_batches), **log_kw)
-        self.log("train/train_seconds", self.train_seconds, **log_kw)
-        for name in outs[-1].metrics:
-            self.log(f"train/{name}", torch.stack([o.metrics[name] for o in outs]).mean(), sync_dist=True, **log_kw)
-        if skill is not None:  # per-skill reward (e.g. number of operands), for curricula and plots
-            skills, rewards, valid = skill
-            for s in sorted(set(skills.tolist())):
-                sel = (skills == s) & valid
-                if bool(sel.any()):
-                    self.log(f"train/reward_skill{s}", float(rewards[sel].mean()), **log_kw)
-        self._log_throughput(int(stats["tokens"]) * int(self.trainer.world_size), 1)
-
-    # ---- validation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def greedy_rewards(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """(rewards [B], valid [B]) of one greedy completion per prompt: `val/reward`'s measure, and the per-skill
-        signal of skill curricula (src/callbacks/skills/evaluation.py). Greedy decoding draws nothing from the
-        rollout sampler's generator, so calling it never changes the training rollouts."""
-        _, texts, meta = self._generate(batch, 1, greedy=True, max_new_tokens=self.val_max_new_tokens)
-        rewards, valid, _ = self._score(texts, meta)
-        return rewards, valid
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        rewards, valid = self.greedy_rewards(batch)
-        self.val_reward_sum.update(rewards[valid].sum())
-        self.val_count.update(valid.sum().float())
-
-    def on_validation_epoch_end(self) -> None:
-        total, count = self.val_reward_sum.compute(), self.val_count.compute()
-        self.log("val/reward", total / count.clamp(min=1), prog_bar=True, sync_dist=False)
-        self.val_reward_sum.reset()
-        self.val_count.reset()
-
-    # ---- checkpoints ---------------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        state = self.sampler().get_state()  # [S] uint8, on the CPU
-        if self.trainer.world_size > 1:  # every rank samples with its own generator: keep them all
-            states = self.trainer.strategy.all_gather(state.to(self.device)).reshape(self.trainer.world_size, -1)
-        else:
-            states = state[None]
-        checkpoint[SAMPLER_KEY] = {
-            "generators": states.cpu(),  # [world, S]
-            "backprop_tokens": self.backprop_tokens,
-            "generation_batches": self.generation_batches,
-            "train_seconds": self.train_seconds,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get(SAMPLER_KEY)
-        if saved is None:
-            log.warning("this checkpoint has no GRPO sampler state: rollouts after this resume differ from an "
-                        "uninterrupted run's")
-            return
-        states = saved["generators"]  # [world, S]
-        rank, world = int(self.global_rank), int(self.trainer.world_size) if self._trainer is not None else 1
-        if states.shape[0] != world:
-            log.warning("the checkpoint holds the sampling state of %d rank(s), this run has %d: rollouts after this "
-                        "resume differ from an uninterrupted run's", states.shape[0], world)
-        self._generator, self._generator_state = None, states[rank % states.shape[0]].clone()
-        self.backprop_tokens = int(saved["backprop_tokens"])
-        self.generation_batches = int(saved["generation_batches"])
-        self.train_seconds = float(saved["train_seconds"])

@@ -33,16 +33,11 @@ class CausalLMModule(Objective):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         loss_impl: str = "fused",
-        kernel_impl: str = "auto",
-        tokenizer: Any = None,
-        compile: bool = False,
-        loss_normalization: str = "step",
-        nonfinite: str = "stop",
+        **base: Any,
     ) -> None:
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"method.loss_impl={loss_impl!r} is not one of {LOSS_IMPLS}")
-        super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
-                         compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
+        super().__init__(backbone, optimizer, scheduler, **base)
         if loss_impl == "reference":
             self.kernel = "reference"
 

@@ -58,11 +58,7 @@ class MaskedDiffusionModule(Objective):
         steps: int | None = None,
         block_length: int | None = None,
         remasking: str = "low_confidence",
-        kernel_impl: str = "auto",
-        tokenizer: Any = None,
-        compile: bool = False,
-        loss_normalization: str = "step",
-        nonfinite: str = "stop",
+        **base: Any,
     ) -> None:
         if getattr(backbone, "causal", True):
             raise ValueError("method=mdlm needs a bidirectional backbone: set model.causal=false (the compact "
@@ -75,11 +71,10 @@ class MaskedDiffusionModule(Objective):
             raise ValueError(f"method.remasking={remasking!r} is not one of {REMASKING}")
         if not 0.0 <= mask_eps < 1.0:
             raise ValueError(f"method.mask_eps must be in [0, 1), got {mask_eps}")
-        if tokenizer is not None and tokenizer.mask_id is None:
+        if base.get("tokenizer") is not None and base["tokenizer"].mask_id is None:
             raise ValueError("method=mdlm needs a [MASK] token: use a canvas data module (data=rainbow_copy, "
                              "src/data/canvas_datamodule.py) or set data.tokenizer.mask=true")
-        super().__init__(backbone, optimizer, scheduler, kernel_impl=kernel_impl, tokenizer=tokenizer,
-                         compile=compile, loss_normalization=loss_normalization, nonfinite=nonfinite)
+        super().__init__(backbone, optimizer, scheduler, **base)
         self.mask_eps, self.mask_scope, self.mask_seed = float(mask_eps), mask_scope, int(mask_seed)
         self.gen_length, self.steps, self.block_length, self.remasking = gen_length, steps, block_length, remasking
         self._train_rng: torch.Generator | None = None

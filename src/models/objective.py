@@ -188,6 +188,12 @@ class Objective(pl.LightningModule, abc.ABC):
         special = set(tok.special_ids)
         return [tok.decode([t for t in row if t not in special]) for row in new]
 
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Optimizer updates per data batch (1; a rollout objective takes `ppo_epochs`): the data stream's position
+        and the curricula's evaluation steps read it."""
+        return 1
+
     def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens this micro-batch feeds the model (for tokens/s): real tokens when the batch has a mask."""
         return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
@@ -255,21 +261,26 @@ class Objective(pl.LightningModule, abc.ABC):
         try:
             super().optimizer_step(epoch, batch_idx, optimizer, closure)
         except _NonFiniteStep:
-            optimizer.zero_grad(set_to_none=True)  # the window's gradients hold the non-finite values
             if self._normaliser is not None:
                 self._normaliser.local_tokens = None
-            step = int(self.trainer.global_step) + 1  # the step being taken (1-based, as logged)
-            if self.nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"the training loss is not finite at optimizer step {step}; the run stops before applying that "
-                    "update, so the newest checkpoint is the last good one. Lower the learning rate, check the data "
-                    "(the step's batches), or set method.nonfinite=skip to drop such steps and go on"
-                ) from None
-            self.skipped_steps += 1
-            log.warning("optimizer step %d skipped: non-finite loss (%d skipped so far, method.nonfinite=skip)",
-                        step, self.skipped_steps)
+            self.on_nonfinite_step(optimizer)
         if self.nonfinite == "skip":
             self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+
+    def on_nonfinite_step(self, optimizer: Any) -> None:
+        """The non-finite policy of every objective, automatic or manual optimisation (src/models/rollout.py):
+        drop the update's gradients, then stop the run (`nonfinite=stop`) or count the skipped step and go on."""
+        optimizer.zero_grad(set_to_none=True)  # the update's gradients hold the non-finite values
+        step = int(self.trainer.global_step) + 1  # the step being taken (1-based, as logged)
+        if self.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"the training loss is not finite at optimizer step {step}; the run stops before applying that "
+                "update, so the newest checkpoint is the last good one. Lower the learning rate, check the data "
+                "(the step's batches), or set method.nonfinite=skip to drop such steps and go on"
+            ) from None
+        self.skipped_steps += 1
+        log.warning("optimizer step %d skipped: non-finite loss (%d skipped so far, method.nonfinite=skip)",
+                    step, self.skipped_steps)
 
     def _step_is_nonfinite(self) -> bool:
         """Did any micro-batch of this window, on any rank, have a non-finite loss? One host sync per step."""
@@ -317,7 +328,10 @@ class Objective(pl.LightningModule, abc.ABC):
     # ---- sharding ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """strategy=fsdp shards the backbone here, before optimizers exist (FSDP2Strategy.shard_backbone), and
-        any frozen reference model the same way; every other strategy has no `shard_backbone`."""
+        any frozen reference model the same way; every other strategy has no `shard_backbone`. Without a trainer
+        (`load_from_checkpoint` calls this hook too) there is nothing to shard."""
+        if self._trainer is None:
+            return
         shard = getattr(self.trainer.strategy, "shard_backbone", None)
         if shard is not None:
             shard(self.backbone)

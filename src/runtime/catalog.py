@@ -58,7 +58,9 @@ def catalog(conf_dir: Path) -> dict[str, list[tuple[str, str]]]:
         if not folder.is_dir():
             continue
         files = sorted(folder.rglob("*.yaml")) if group == "experiment" else sorted(folder.glob("*.yaml"))
-        out[group] = [(f.relative_to(folder).with_suffix("").as_posix(), describe(f)) for f in files]
+        # `_base.yaml` and other `_`-files are shared parts pulled in through defaults, not options to pick
+        out[group] = [(f.relative_to(folder).with_suffix("").as_posix(), describe(f)) for f in files
+                      if not f.name.startswith("_")]
     return out
 
 

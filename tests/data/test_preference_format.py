@@ -77,6 +77,20 @@ def test_dpo_learns_the_preference_end_to_end(tmp_path: Path, run_dir: Path) -> 
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
 
 
+
+def test_simpo_learns_the_preference_end_to_end_without_a_reference(tmp_path: Path, run_dir: Path) -> None:
+    """`method=simpo` from the config group: no reference model is built, and held-out pairs are ranked right."""
+    cfg = cfg_for(write_pairs(tmp_path / "pairs.jsonl"), run_dir, "method=simpo", "trainer.max_steps=40",
+                  "method.optimizer.lr=3e-3", "callbacks.run_artifacts.sample_max_new_tokens=0",
+                  "callbacks.progress_bar=null", "trainer.val_check_interval=40")
+    pl.seed_everything(cfg.seed)
+    dm, module, trainer = build_components(cfg)
+    assert module.reference is None and module.reference_models() == []
+    trainer.fit(module, datamodule=dm)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train/loss_last10"] < 0.5 * metrics["train/loss_first"]
+    assert float(trainer.callback_metrics["val/rewards/accuracy"]) > 0.8
+
 @pytest.mark.slow
 def test_dpo_trains_smollm2_with_lora_against_its_adapter_free_self(tmp_path: Path, run_dir: Path) -> None:
     """The real pretrained model (first 2 of its 30 layers, to stay cheap) with LoRA: the reference is the same

@@ -9,6 +9,7 @@ import torch
 
 from src.models.components.hf_adapter import HFBackbone
 from src.models.dpo import DPOModule, stack_views
+from src.models.logprobs import batch_logprobs
 from tests.models.components.conftest import VOCAB, tiny_compact, tiny_llama_config
 
 
@@ -89,3 +90,28 @@ def test_bad_settings_are_one_clear_error() -> None:
         DPOModule(tiny_compact(), optimizer=torch.optim.AdamW, loss_type="cdpo")
     with pytest.raises(ValueError, match="needs a LoRA backbone"):
         DPOModule(tiny_compact(), optimizer=torch.optim.AdamW, reference="adapter")
+
+
+def test_simpo_builds_no_reference_and_learns_the_preference_on_length_averages() -> None:
+    """method=simpo: no reference model (one copy of the weights); the loss is SimPO's on the policy's average
+    log-prob per response (the end token included), and training raises the chosen average above the rejected."""
+    from src.losses.simpo import simpo_pair_losses
+    from src.models.preference_losses import SimPOLoss
+
+    torch.manual_seed(0)
+    module = DPOModule(tiny_compact().train(), optimizer=torch.optim.AdamW,
+                       loss=SimPOLoss(beta=2.0, gamma=1.0))
+    assert module.reference is None and module.reference_models() == []
+    assert module.hparams["loss"] == {"name": "simpo", "beta": 2.0, "gamma": 1.0, "label_smoothing": 0.0}
+    batch = pairs()
+    with torch.no_grad():
+        out = module.compute_loss(batch)
+        lp = batch_logprobs(module.backbone, stack_views(batch))
+        avg = (lp.logp * lp.mask).sum(-1) / lp.mask.sum(-1)  # [2B]
+    torch.testing.assert_close(out.numerator, simpo_pair_losses(avg[:4], avg[4:], 2.0, 1.0).sum())
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    for _ in range(15):
+        last = _step(module, batch, opt)
+    assert last["rewards/accuracy"] == 1.0 and last["rewards/margin"] > 1.0  # β·Δ beyond the margin γ = 1
+    with pytest.raises(ValueError, match="set them under method.loss"):
+        DPOModule(tiny_compact(), optimizer=torch.optim.AdamW, beta=0.5, loss=SimPOLoss())

@@ -29,7 +29,10 @@ G, and it is the measure `val/reward` and the held-out accuracy use (run outside
 bf16/16-mixed it decodes in full precision, so greedy choices can differ slightly). A sampled estimate would track the
 expected training reward more closely (a skill the greedy policy solves may still fail at temperature 1), at G
 times the cost and with a generator of its own to checkpoint. `auto` picks `reward` when the objective scores
-completions with a reward (it has `greedy_rewards`) and the data module serves prompts, else `loss`.
+completions with a reward (a `RolloutObjective`: GRPO, RLOO) and the data module serves prompts, else `loss`.
+
+With a rollout objective the callback also logs each generation batch's sampled reward per skill,
+`train/reward_skill<v>` (from the typed `RolloutRewards` the objective returns with each step).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from src.callbacks.log_images import log_images, run_title
 from src.data.cache import atomic_write_text
 from src.data.errors import DataError
 from src.models.logprobs import IGNORE_INDEX, backbone_hidden, head_logprobs
+from src.models.objective import Objective
+from src.models.rollout import RolloutObjective, RolloutRewards
 from src.plots.skills import plot_skill_history
 
 log = logging.getLogger(__name__)
@@ -150,7 +155,7 @@ def _reward_max_setting(value: float | str) -> float | str:
                         "score, so that L_j = reward_max - r_j)") from None
 
 
-def resolve_reward_max(setting: float | str, pl_module: Any) -> float:
+def resolve_reward_max(setting: float | str, reward: Any) -> float:
     """The reward's best score: a number as configured, or with `auto` the objective's reward set's `max_total`
     (every reward function declares `max_score`; src/rewards/combine.py), or a bare reward callable's
     `max_score`. Why it matters: Skill-It weighs skill i by exp(η Σ_j A_ij L_j), so an offset c in every L_j
@@ -158,7 +163,6 @@ def resolve_reward_max(setting: float | str, pl_module: Any) -> float:
     differently."""
     if setting != "auto":
         return float(setting)
-    reward = getattr(pl_module, "reward_fn", None)  # a RewardSet, or any callable GRPO was given
     best = getattr(reward, "max_total", getattr(reward, "max_score", None))
     if best is None:
         raise DataError("curriculum.callback.reward_max=auto needs a reward whose functions declare their range "
@@ -189,7 +193,7 @@ def curriculum_config_problem(data_cfg: Any, callback_cfg: Any) -> str | None:
 
 def resolve_signal(signal: str, dm: Any, pl_module: pl.LightningModule) -> str:
     """`loss` or `reward` for this data module and objective (module docstring), or a DataError naming the fix."""
-    can_reward = callable(getattr(pl_module, "greedy_rewards", None))
+    can_reward = isinstance(pl_module, RolloutObjective)  # it generates and scores completions (greedy_rewards)
     supported = tuple(getattr(dm, "skill_signals", ("loss",)))
     if signal == "auto":
         signal = "reward" if can_reward and "reward" in supported else "loss"
@@ -265,8 +269,8 @@ class SkillEvalCallback(Callback):
         dm = self._datamodule(trainer)
         self.signal_used = resolve_signal(self.signal, dm, pl_module)
         if self.signal_used == "reward":
-            self.reward_max = resolve_reward_max(self.reward_max_cfg, pl_module)
-        updates = int(getattr(pl_module, "optimizer_steps_per_batch", 1) or 1)
+            self.reward_max = resolve_reward_max(self.reward_max_cfg, pl_module.reward_fn)
+        updates = pl_module.optimizer_steps_per_batch if isinstance(pl_module, Objective) else 1
         if self.eval_every % updates:
             raise DataError(f"curriculum.callback.eval_every={self.eval_every} must be a multiple of the "
                             f"optimizer updates per batch ({updates}, method.ppo_epochs): steps advance by {updates}")
@@ -283,6 +287,13 @@ class SkillEvalCallback(Callback):
         if step % self.eval_every == 0 and step != self.last_eval_step and (step > 0 or self.eval_at_start):
             self._evaluate(trainer, pl_module, step)
         self.update(trainer, pl_module, self._datamodule(trainer), step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """A rollout objective's sampled reward per skill of this generation batch: `train/reward_skill<v>`."""
+        rewards = RolloutRewards.of(outputs) if isinstance(pl_module, RolloutObjective) else None
+        for skill, value in (rewards.per_skill() if rewards is not None else {}).items():
+            pl_module.log(f"train/reward_skill{skill}", value, batch_size=1, on_step=True, on_epoch=False)
 
     def update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, step: int) -> None:
         """Change the mixture if due at this step (the base class never does)."""
@@ -341,8 +352,8 @@ class SkillEvalCallback(Callback):
         only (samples up to `position` were drawn, some prefetched, with the old one)."""
         w = [float(x) for x in dm.current_weights()]
         per_step = int(dm.batch_size) * int(trainer.accumulate_grad_batches) * int(trainer.world_size)
-        module = getattr(trainer, "lightning_module", None)
-        updates = int(getattr(module, "optimizer_steps_per_batch", 1) or 1)  # GRPO: ppo_epochs per batch
+        module = getattr(trainer, "lightning_module", None)  # None for a stand-in trainer (tests)
+        updates = module.optimizer_steps_per_batch if isinstance(module, Objective) else 1  # GRPO: ppo_epochs
         applies = max(step, -(-int(position) // per_step) * updates)  # ceil
         self.mixtures.append({"step": step, "applies_from_step": applies, "position": int(position), "weights": w})
         round_len = max(1, int(trainer.max_steps) // max(1, int(getattr(self, "rounds", 1))))

@@ -74,5 +74,6 @@ def test_the_table_reader_expands_shorthands() -> None:
 
 @pytest.mark.parametrize("method", ["lm", "dpo", "simpo", "grpo", "rloo", "mdlm"])
 def test_the_optimizer_keys_users_reach_for_are_there(method: str, tmp_path: Path) -> None:
-    cfg = compose_cfg([f"method={method}"] + (["data=preference_jsonl"] if method in ("dpo", "simpo") else []), tmp_path)
+    pairs = ["data=preference_jsonl"] if method in ("dpo", "simpo") else []
+    cfg = compose_cfg([f"method={method}", *pairs], tmp_path)
     assert {"lr", "betas", "eps", "weight_decay"} <= set(cfg.method.optimizer)

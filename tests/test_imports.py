@@ -107,12 +107,26 @@ RULES = {
 }
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes inside `if TYPE_CHECKING:` blocks (annotations only: never run)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def imported_modules(path: Path, runtime_only: bool = False) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in a file, at any depth (functions, branches, try blocks).
-    `from x import y` gives both `x` and `x.y` (y may be a submodule); relative imports are made absolute."""
+    `from x import y` gives both `x` and `x.y` (y may be a submodule); relative imports are made absolute.
+    `runtime_only`: leave out imports under `if TYPE_CHECKING:` (they never execute)."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip = _type_checking_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -143,3 +157,72 @@ def test_layering(rule: str) -> None:
                 offences.setdefault((str(path.relative_to(ROOT)), line), module)
     report = [f"  {f}:{line} imports {m}" for (f, line), m in sorted(offences.items())]
     assert not report, f"layering rule broken: {rule} ({r.why}):\n" + "\n".join(report)
+
+
+def import_cycles() -> list[list[str]]:
+    """The import circles among src modules (strongly connected components of more than one module), from the
+    source's imports at any depth (a lazy import inside a function closes a circle as much as a top-level one;
+    `if TYPE_CHECKING:` imports never run and are left out)."""
+    names = set(MODULES)
+    graph: dict[str, set[str]] = {}
+    for name in MODULES:
+        path = ROOT / Path(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        found = imported_modules(path, runtime_only=True)
+        graph[name] = {m for line, m in found if m in names and m != name
+                       # Python initialises a module's parent packages before it, so an edge to one's own parent
+                       # is no circle; nor is `from pkg import submodule`, which needs pkg.submodule, not pkg
+                       and not name.startswith(m + ".")
+                       and not any(o.startswith(m + ".") and o in names for ln, o in found if ln == line)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_circle_in_src() -> None:
+    """A circle makes import order matter (a partly initialised module) and ties layers that should stand alone;
+    the data rooms once held formats/base -> stochastok -> tokenized -> sources -> formats/registry -> base."""
+    cycles = import_cycles()
+    assert not cycles, "import circles in src/: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_circle_finder_finds_a_lazy_circle(tmp_path: Path) -> None:
+    """The finder itself: a circle closed by an import inside a function is found."""
+    global MODULES, ROOT
+    saved = MODULES, ROOT
+    pkg = tmp_path / "src"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from src.b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from src.a import g\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from src.a import g\n")
+    try:
+        MODULES, ROOT = ["src", "src.a", "src.b", "src.c"], tmp_path
+        assert import_cycles() == [["src.a", "src.b"]]
+    finally:
+        MODULES, ROOT = saved

@@ -36,10 +36,10 @@ from src.data.errors import DataError
 from src.data.formats import DataFormat, Fields, FormatSettings, get_format
 from src.data.skill_mixture import SkillMixing
 from src.data.sources import LoadedSource, load_source, normalize_spec, to_plain
-from src.data.stochastok import StochasTokConfig
 from src.data.stream_position import StreamPosition
-from src.data.tokenized import cached_map, tokenizer_fingerprint
+from src.data.tokenized import cached_map
 from src.data.tokenizer import Tokenizer, build_tokenizer
+from src.data.transforms import STOCHASTOK, StochasTokConfig, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class LMDataModule(StreamPosition, SkillMixing, L.LightningDataModule):
         self.data_format: DataFormat = format_cls(FormatSettings(
             fields=self.fields, seq_len=self.seq_len, drop_long_prompts=self.drop_long_prompts, seed=self.seed,
             cache_dir=self.cache_dir, stochastok=self.stochastok, options=to_plain(format_options or {})))
-        if self.stochastok.enabled and not format_cls.supports_stochastok:
+        if self.stochastok.enabled and STOCHASTOK not in format_cls.train_transforms:
             raise DataError(
                 f"data.stochastok.p={self.stochastok.p} applies to pretraining text (data.format=pretrain), not "
                 f"{format!r}; set data.stochastok.p=0 (fine-tuning uses deterministic tokens, docs/stochastok.md)"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from src.data.errors import DataError
 from src.data.packing import Batch, PackedRows, pack_flat, row_to_item, rows_to_batch
 from src.data.sampler import InfiniteSampler, epoch_permutation
 from src.data.tokenizer import Tokenizer
+from src.data.transforms import StochasTokConfig as StochasTokConfig  # re-exported for its users
+from src.data.transforms import check_p, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +151,6 @@ class SplitTable:
     @classmethod
     def load_or_build(cls, tok: Tokenizer, cache_dir: str | Path) -> SplitTable:
         """The table of `tok`, cached at `<cache_dir>/stochastok/splits-<tokenizer hash>.npz`."""
-        from src.data.tokenized import tokenizer_fingerprint  # the tokenization cache's tokenizer identity
-
         key = Hasher().update_json([TABLE_VERSION, tokenizer_fingerprint(tok)]).hexdigest()
         path = Path(cache_dir) / "stochastok" / f"splits-{key}.npz"
         if path.is_file():
@@ -234,13 +234,6 @@ def expand(ids: Sequence[int] | np.ndarray, table: SplitTable, p: float, rng: np
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one (epoch, item): independent of worker, rank and resume point."""
     return np.random.default_rng([int(seed), 0x5707, int(epoch), int(index)])
-
-
-def check_p(p: float) -> float:
-    p = float(p)
-    if not (p >= 0.0 and np.isfinite(p)):
-        raise DataError(f"data.stochastok.p must be >= 0 (0 = off; the paper uses 0.1, 1.0 for addition), got {p}")
-    return p
 
 
 # --- on the fly: packed pretraining rows ----------------------------------------------------------------------------
@@ -332,29 +325,6 @@ class StochasTokPackedDataset(Dataset):
         for b, key in enumerate(keys):
             self._expand_into(*self._key(key), out_tok[b], out_seg[b])
         return Batch(rows_to_batch(out_tok, out_seg))
-
-
-# --- configuration ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StochasTokConfig:
-    """`data.stochastok`: `{p: 0.1}`; p = 0 (or a null node) turns it off."""
-
-    p: float = 0.0
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any] | float | None) -> StochasTokConfig:
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, (int, float)):
-            return cls(check_p(cfg))
-        unknown = set(cfg) - {"p"}
-        if unknown:
-            raise DataError(f"unknown data.stochastok keys {sorted(unknown)}; known keys: ['p']")
-        return cls(check_p(cfg.get("p", 0.0) or 0.0))
-
-    @property
-    def enabled(self) -> bool:
-        return self.p > 0
 
 
 # --- offline ---------------------------------------------------------------------------------------------------------

@@ -19,19 +19,10 @@ from src.data.errors import DataError
 from src.data.formats.base import Fields
 from src.data.sources import Locations, locate
 from src.data.tokenizer import Tokenizer
+from src.data.transforms import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
-
-
-def tokenizer_fingerprint(tok: Tokenizer) -> str:
-    hf = tok.hf
-    return (
-        Hasher()
-        .update(hf.backend_tokenizer.to_str())
-        .update(str(getattr(hf, "chat_template", None)))
-        .update_json(sorted(tok.special_ids))
-        .hexdigest()
-    )
+__all__ = ["cached_map", "tokenizer_fingerprint"]
 
 
 class TextTokenize:

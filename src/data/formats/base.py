@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from src.data.errors import DataError
 from src.data.sampler import InfiniteSampler
-from src.data.stochastok import StochasTokConfig
+from src.data.transforms import StochasTokConfig
 
 if TYPE_CHECKING:
     from src.data.sources import Locations
@@ -55,11 +55,6 @@ class Fields:
     response: str = "response"
     messages: str = "messages"
 
-    def __post_init__(self) -> None:
-        from src.data.formats.registry import get_format
-
-        get_format(self.format)  # one DataError listing the valid names
-
 
 @dataclass(frozen=True)
 class FormatSettings:
@@ -78,7 +73,9 @@ class DataFormat(abc.ABC):
     """One kind of record, from raw record to collated batch (module docstring: the steps in order)."""
 
     name: ClassVar[str]  # the data.format value
-    supports_stochastok: ClassVar[bool] = False  # data.stochastok.p > 0 is refused otherwise
+    # the train-time transforms this format applies to its training rows (src/data/transforms.py: "stochastok");
+    # a configured transform the format does not list is refused by the data module with one error
+    train_transforms: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: FormatSettings) -> None:
         self.settings = settings

@@ -26,8 +26,8 @@ from src.data.formats.base import MapFn, with_end
 from src.data.formats.sft import SFTFormat
 from src.data.rainbow import DEFAULT_N_PADS, PADDINGS, CanvasCollator
 from src.data.sources import Locations, locate
-from src.data.tokenized import tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer
+from src.data.transforms import tokenizer_fingerprint
 
 
 def canvas_options(options: Mapping[str, Any]) -> tuple[int, str, int]:

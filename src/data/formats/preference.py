@@ -44,8 +44,8 @@ from src.data.formats.base import DataFormat, MapFn, record_keys, require_str, w
 from src.data.formats.sft import require_messages
 from src.data.packing import IGNORE_INDEX
 from src.data.sources import Locations, locate
-from src.data.tokenized import tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer
+from src.data.transforms import tokenizer_fingerprint
 
 VIEWS = ("chosen", "rejected")
 

@@ -20,7 +20,8 @@ from src.data.formats.base import DataFormat, MapFn, record_keys, require_str
 from src.data.packing import PackedDataset, pack_flat, token_column_arrays
 from src.data.sampler import InfiniteSampler
 from src.data.stochastok import EpochTaggedSampler, SplitTable, StochasTokPackedDataset, rows_with_headroom
-from src.data.tokenized import TextTokenize, tokenizer_fingerprint
+from src.data.tokenized import TextTokenize
+from src.data.transforms import STOCHASTOK, tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from src.data.sources import Locations
@@ -32,7 +33,7 @@ class PretrainFormat(DataFormat):
     `[B, seq_len]` long."""
 
     name = "pretrain"
-    supports_stochastok = True
+    train_transforms = frozenset({STOCHASTOK})
 
     # -- records ---------------------------------------------------------------------------------------------------
     @property

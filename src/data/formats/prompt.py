@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 from src.data.errors import DataError
 from src.data.formats.base import DataFormat, MapFn, record_keys, require_str
 from src.data.sources import Locations, locate
-from src.data.tokenized import tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer
+from src.data.transforms import tokenizer_fingerprint
 
 PROMPT_PREFIX = "prompt_"  # batch keys of the prompt view: prompt_input_ids, prompt_attention_mask
 

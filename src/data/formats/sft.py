@@ -31,8 +31,8 @@ from src.data.errors import DataError
 from src.data.formats.base import DataFormat, Fields, MapFn, record_keys, require_str, with_end
 from src.data.packing import IGNORE_INDEX
 from src.data.sources import Locations, locate
-from src.data.tokenized import tokenizer_fingerprint
 from src.data.tokenizer import Tokenizer
+from src.data.transforms import tokenizer_fingerprint
 
 _PROBE = "\u2063tokensmith-content\u2063"  # stands in for a first assistant message's content
 

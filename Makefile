@@ -14,7 +14,7 @@ PIP_C := $(if $(CONSTRAINTS),-c $(if $(GPU),$(GPU_CONSTRAINTS),$(CONSTRAINTS)),)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install train test test-all test-slow test-heavy lint format bench clean-venv
+.PHONY: install train test test-all test-slow test-heavy lint format bench mutate clean-venv
 
 # scripts/install.sh: venv, then torch alone (pinned by the constraints file, it resolves to the local CPU wheel
 # instead of the newest CUDA build, +3 GB of nvidia-* wheels), then the project. pip's output goes to
@@ -60,6 +60,12 @@ format: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+
+# Mutation testing of the result-critical modules (scripts/mutation_score.py; hours on 2 cores, resumable):
+# `make mutate ARGS="src/losses/rloo.py"` for one module, `make mutate ARGS=--report` for the table so far.
+mutate: install
+	@$(BIN)/python -c "import cosmic_ray" 2>/dev/null || $(BIN)/pip install -q $(PIP_C) "cosmic-ray>=8.7"
+	$(BIN)/python scripts/mutation_score.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -55,3 +55,14 @@ def test_gradient_is_minus_mask_over_n(reduction: str, n: float) -> None:
 def test_unknown_reduction_is_refused() -> None:
     with pytest.raises(ValueError, match="reduction='none' is not 'mean' or 'sum'"):
         token_cross_entropy(torch.tensor(LOGP), torch.tensor(LABELS), reduction="none")
+
+
+def test_an_ignore_index_inside_the_vocabulary_masks_that_id_only() -> None:
+    """ignore_index=6: ids below it (5) count as much as ids above it (7); only 6 is masked."""
+    loss, stats = token_cross_entropy(torch.tensor(LOGP), torch.tensor([5, 7, 6]), ignore_index=6)
+    assert loss.item() == pytest.approx(2.0) and stats["n_tokens"].item() == 2
+
+
+def test_one_label_token_is_its_own_mean() -> None:
+    loss, _ = token_cross_entropy(torch.tensor([-3.0, 0.0]), torch.tensor([4, -100]))
+    assert loss.item() == pytest.approx(3.0)

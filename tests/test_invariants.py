@@ -287,3 +287,21 @@ def test_sft_two_processes_match_one_process_with_uneven_label_counts(strategy: 
     run = train_subprocess(tmp_path / strategy, [*sft_common(sft_corpus), *two_processes(strategy)])
     _uneven(run)
     assert_same_training(sft_single, run)
+
+
+
+# Plain SGD without clipping: the update is the gradient times lr, so a gradient of the wrong scale on some rank (the
+# step's label count not all-reduced, each rank dividing by its own) moves the weights. AdamW normalises each
+# coordinate and clipping rescales the whole gradient, which together hid such a bug from the tests above.
+SGD = ["method.optimizer._target_=torch.optim.SGD", "~method.optimizer.betas", "~method.optimizer.eps",
+       "method.optimizer.lr=0.1", "method.optimizer.weight_decay=0.0", "trainer.gradient_clip_val=null"]
+
+
+@pytest.mark.heavy
+def test_sft_two_processes_match_one_process_under_plain_sgd(sft_corpus: Path, tmp_path: Path) -> None:
+    """2 ranks x batch 4 == 1 x batch 8 on SFT data (uneven label counts) with SGD and no clipping: the gradient
+    itself, not only its direction, is the global token mean's."""
+    single = train_subprocess(tmp_path / "single", [*sft_common(sft_corpus), *SGD, f"data.batch_size={GLOBAL_BATCH}"])
+    run = train_subprocess(tmp_path / "ddp", [*sft_common(sft_corpus), *SGD, *two_processes("ddp")])
+    _uneven(run)
+    assert_same_training(single, run)

@@ -96,3 +96,17 @@ def test_learns_the_canvas_and_samples_it_back() -> None:
     rows = m.sample_ids([[20 + i] for i in range(6)], max_new_tokens=6)
     assert rows == [[10 + i] * (i % 3 + 1) + [END] for i in range(6)]  # answer, then the end token; pads dropped
     assert m.sample(["1"], max_new_tokens=6) is not None
+
+
+def test_each_rank_draws_its_own_training_masks_and_all_ranks_the_same_validation_masks() -> None:
+    """DDP: rank r seeds its training masks with the rank (two ranks masking alike would halve the masks a step
+    sees); validation re-seeds without it, so a validation is the same whatever the number of ranks."""
+    def draws(rank: int, training: bool) -> torch.Tensor:
+        m = module(seed=3)
+        m._trainer = SimpleNamespace(global_rank=rank)  # what DDP's rank r sees
+        m.train(training)
+        return torch.rand(8, generator=m.mask_generator())
+
+    assert not torch.equal(draws(0, True), draws(1, True))
+    assert torch.equal(draws(1, True), draws(1, True))
+    assert torch.equal(draws(0, False), draws(1, False))

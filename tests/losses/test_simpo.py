@@ -32,8 +32,17 @@ def test_simpo_equals_trls_cpo_simpo_with_its_gamma_convention() -> None:
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
 
 
-def test_bad_settings_are_one_clear_error() -> None:
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        simpo_pair_losses(torch.zeros(1), torch.zeros(1), beta=0.0)
-    with pytest.raises(ValueError, match="label_smoothing"):
-        simpo_pair_losses(torch.zeros(1), torch.zeros(1), label_smoothing=0.5)
+@pytest.mark.parametrize(("setting", "match"), [
+    ({"beta": 0.0}, "beta must be > 0"), ({"beta": -1.0}, "beta must be > 0"),
+    ({"label_smoothing": 0.5}, "label_smoothing"), ({"label_smoothing": 0.7}, "label_smoothing"),
+    ({"label_smoothing": -0.1}, "label_smoothing")])
+def test_bad_settings_are_one_clear_error(setting: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        simpo_pair_losses(torch.zeros(1), torch.zeros(1), **setting)
+
+
+def test_small_positive_settings_are_accepted_and_the_defaults_are_the_configs() -> None:
+    """β = 0.5 and ε = 0 are valid; the defaults are conf/method/simpo.yaml's (β 2, γ 1)."""
+    c, r = torch.tensor([-1.0, -0.2]), torch.tensor([-1.5, -0.9])
+    assert torch.isfinite(simpo_pair_losses(c, r, beta=0.5, label_smoothing=0.0)).all()
+    torch.testing.assert_close(simpo_pair_losses(c, r), simpo_pair_losses(c, r, beta=2.0, gamma=1.0))

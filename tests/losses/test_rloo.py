@@ -65,3 +65,27 @@ def test_sequence_kl_sums_the_completion_tokens_only() -> None:
     old, ref = torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[-1.5, -1.0, -9.0]])
     mask = torch.tensor([[True, True, False]])
     torch.testing.assert_close(sequence_kl(old, ref, mask), torch.tensor([0.5 - 1.0]))
+
+
+def test_two_rollouts_are_enough_for_a_baseline_and_for_normalising() -> None:
+    """G = 2 (TRL's default): each rollout's baseline is the other's reward; two valid rollouts normalise."""
+    a = leave_one_out_advantages(torch.tensor([1.0, 0.0]), 2)
+    torch.testing.assert_close(a, torch.tensor([1.0, -1.0]))
+    valid = torch.tensor([True, False, False, True])
+    b = leave_one_out_advantages(torch.tensor([1.0, 5.0, 7.0, 0.0]), 2, valid=valid)  # one valid rollout per group
+    torch.testing.assert_close(b, torch.zeros(4))
+    std = math.sqrt(2.0)  # of [1, −1], unbiased
+    torch.testing.assert_close(normalize_advantages(a), torch.tensor([1 / (std + 1e-4), -1 / (std + 1e-4)]))
+    with pytest.raises(ValueError, match="do not form groups"):
+        leave_one_out_advantages(torch.zeros(5), 2)
+
+
+def test_the_sequence_ratio_is_new_over_old_with_the_default_clip() -> None:
+    """Old log-probs that are not 0: row 1 ρ = exp(Σ (logp − old)) = exp(−1 − (−1.5)) = e^0.5 ≈ 1.65, clipped at
+    1.2 by default for A > 0; row 2 ρ = exp(−ln 2) = 0.5 for A < 0, clipped at 0.8."""
+    logp = torch.tensor([[-0.5, -0.5], [-1.0, -1.0]])
+    half = math.log(2) / 2
+    old = torch.tensor([[-0.75, -0.75], [-1.0 + half, -1.0 + half]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    got = sequence_clipped_surrogate(logp, old, torch.tensor([1.0, -1.0]), mask)
+    torch.testing.assert_close(got, torch.tensor([-1.2, 0.8]))

@@ -89,3 +89,16 @@ def test_the_sequence_ratio_is_new_over_old_with_the_default_clip() -> None:
     mask = torch.ones(2, 2, dtype=torch.bool)
     got = sequence_clipped_surrogate(logp, old, torch.tensor([1.0, -1.0]), mask)
     torch.testing.assert_close(got, torch.tensor([-1.2, 0.8]))
+
+
+def test_the_pessimistic_side_keeps_the_unclipped_term() -> None:
+    """ρ = 1.5 with A = −1: the unclipped ρA = −1.5 is the smaller term, so the loss is 1.5 (not the clipped 1.2)."""
+    logp, old = torch.tensor([[math.log(1.5)]]), torch.zeros(1, 1)
+    got = sequence_clipped_surrogate(logp, old, torch.tensor([-1.0]), torch.ones(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(got, torch.tensor([1.5]))
+
+
+def test_normalising_centres_advantages_whose_mean_is_not_zero() -> None:
+    a = torch.tensor([1.0, 2.0, 4.0])
+    std = math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    torch.testing.assert_close(normalize_advantages(a), (a - 7 / 3) / (std + 1e-4))

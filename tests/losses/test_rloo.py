@@ -102,3 +102,8 @@ def test_normalising_centres_advantages_whose_mean_is_not_zero() -> None:
     a = torch.tensor([1.0, 2.0, 4.0])
     std = math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
     torch.testing.assert_close(normalize_advantages(a), (a - 7 / 3) / (std + 1e-4))
+
+
+def test_normalising_one_valid_rollout_gives_no_advantage_not_nan() -> None:
+    got = normalize_advantages(torch.tensor([0.5, 0.0, 0.0]), torch.tensor([True, False, False]))
+    torch.testing.assert_close(got, torch.zeros(3))

@@ -11,7 +11,8 @@ mutant is *killed* when those tests fail. Why cosmic-ray and not mutmut: mutmut 
 
 cosmic-ray edits the module in place while a mutant's tests run, so everything runs in a private clone of the
 current commit (`<out>/tree`), never in your working tree; sessions (`<out>/<module>.sqlite`) are resumable: a
-second call continues where the first stopped. The score is killed / (killed + survived); mutants whose tests
+second call continues where the first stopped (delete a module's session after editing that module: its
+mutants are recorded by position). The score is killed / (killed + survived); mutants whose tests
 time out count as killed (cosmic-ray's convention), and incompetent ones (the mutant does not even import) are
 left out. `--survivors` lists the surviving mutants as diffs, to kill with a new test or mark as equivalent.
 """

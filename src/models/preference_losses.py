@@ -10,12 +10,13 @@ one stacked [2B, T] forward and hands them to its loss object, which declares wh
 - `SimPOLoss(beta, gamma, label_smoothing)`: reference-free, length-averaged log-probs, target margin γ
   (src/losses/simpo.py; `method=simpo`).
 
-Adding one (ORPO, a new DPO variant): a subclass with its two flags and `pair_losses`, plus
+Adding one (ORPO, a new DPO variant): a subclass with its two flags and `__call__`, plus
 `conf/method/<name>.yaml` whose `loss:` node names it (docs/design.md, "How to add a preference loss").
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,17 +27,17 @@ from src.losses.dpo import DPO_LOSS_TYPES, dpo_loss
 from src.losses.simpo import simpo_pair_losses
 
 
-class PreferenceLoss:
+class PreferenceLoss(abc.ABC):
     """The base: the loss of a stacked batch (chosen rows first, then rejected) as (Σ pair losses, metrics)."""
 
     needs_reference = True
     length_normalized = False
 
+    @abc.abstractmethod
     def __call__(self, logp: Tensor, ref_logp: Tensor | None, mask: Tensor, weights: Tensor | None,
                  pairs: int) -> tuple[Tensor, dict[str, Tensor]]:
         """logp [2B, T] (differentiable), ref_logp [2B, T] or None, mask [2B, T] float, token weights [2B, T] or
         None; `pairs` = B. Returns the summed per-pair losses and detached per-pair means of the metrics."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """The settings as a plain mapping (the run's hyper-parameters)."""

@@ -16,6 +16,7 @@ answer equals it, else 0.0 (no answer found counts as wrong, never as an error).
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Sequence
 from fractions import Fraction
@@ -135,14 +136,15 @@ def answers_match(got: str | None, truth: str) -> bool:
         return False
 
 
-class _AnswerReward:
+class _AnswerReward(abc.ABC):
     """1.0 per completion whose answer `matches` the record's `answer` column, else 0.0 (never an error)."""
 
     min_score, max_score = 0.0, 1.0
     name = "answer"
 
+    @abc.abstractmethod
     def matches(self, completion: str, truth: str) -> bool:
-        raise NotImplementedError
+        """Whether the completion's answer equals `truth` (the record's answer, as text)."""
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any] | None = None,
                  **metadata: Any) -> list[float]:

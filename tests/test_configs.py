@@ -20,6 +20,11 @@ def test_every_experiment_is_collected() -> None:
                                         for e in EXPERIMENTS])
 def test_experiment_instantiates(experiment: str, run_dir: Path) -> None:
     cfg = compose_cfg([f"experiment={experiment}", "debug=smoke"], run_dir)
+    source = cfg.data.get("source")
+    if OmegaConf.is_config(source) and OmegaConf.is_missing(source, "path"):  # your-own-data (cdpo/prompts)
+        own = run_dir.parent / "own.jsonl"
+        own.write_text("".join(f'{{"prompt": "{i}+{i}=", "response": "{2 * i}"}}\n' for i in range(40)))
+        cfg = compose_cfg([f"experiment={experiment}", "debug=smoke", f"data.source.path={own}"], run_dir)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     datamodule, module, trainer = build_components(cfg)
     assert trainer.max_steps == cfg.trainer.max_steps

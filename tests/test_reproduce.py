@@ -10,7 +10,7 @@ import pytest
 
 from src.reproduce.__main__ import main, report
 from src.reproduce.judge import collect, paired
-from src.reproduce.launch import job_dir, plan
+from src.reproduce.launch import job_dir, job_state, plan
 from src.reproduce.rules import rainbow_lengths
 from src.reproduce.study import StudyError, load_study, parse_seeds
 
@@ -73,6 +73,23 @@ def test_plan_skips_finished_jobs_continues_interrupted_ones_and_starts_retrofit
     assert f"ckpt_path={job_dir(tmp_path, 'eos', 1)}/checkpoints/last.ckpt" in retro[0].argv
     assert "experiment=rainbow/lengths_retrofit" in retro[0].argv
 
+
+
+def test_a_two_stage_job_is_done_only_when_its_second_stage_metrics_are_in(tmp_path: Path) -> None:
+    """A stopped GRPO stage (stage 1's metrics.json already written) is continued, not counted as finished."""
+    d = job_dir(tmp_path, "grpo", 1)
+    (d / "finetune" / "checkpoints").mkdir(parents=True)
+    (d / "finetune" / "checkpoints" / "last.ckpt").write_text("x")
+    (d / "config_resolved.yaml").write_text("finetune:\n  method: grpo\n")
+    (d / "metrics.json").write_text(json.dumps({"arith/acc": 0.3}))
+    assert job_state(d) == "interrupted"
+    (d / "metrics.json").write_text(json.dumps({"arith/acc": 0.3, "finetune/arith/acc": 0.4}))
+    assert job_state(d) == "done"
+    one = job_dir(tmp_path, "eos", 1)  # a one-stage job: its metrics.json is the end
+    (one / "checkpoints").mkdir(parents=True)
+    (one / "config_resolved.yaml").write_text("trainer:\n  max_steps: 5\n")
+    (one / "metrics.json").write_text(json.dumps({"x": 1.0}))
+    assert job_state(one) == "done"
 
 def test_report_table_pairs_and_verdict_from_run_dirs(tmp_path: Path) -> None:
     for s in (1, 2):

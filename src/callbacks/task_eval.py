@@ -11,6 +11,8 @@ trainer's loggers and expose `summary_metrics()`, which `RunArtifacts` merges in
   deterministic model never saw).
 - `ArithEval`: greedy solutions of held-out multi-step sums (src/data/tasks/arith.py), graded by their final
   answer; accuracy overall and per number of operands, and the share of well-formed solutions.
+- `RewardEval`: greedy completions of your own held-out `{prompt, answer}` records (a jsonl file), scored by a
+  reward set (the `reward=` group, as GRPO's); accuracy is the share whose total reward reaches `correct_at`.
 """
 
 from __future__ import annotations
@@ -201,4 +203,38 @@ class ArithEval(_TaskEval):
         res = {f"acc_skill{k}": sum(v) / len(v) for k, v in sorted(by_skill.items())}
         res["acc"] = sum(g.correct for g in grades) / len(grades)
         res["well_formed"] = sum(g.well_formed for g in grades) / len(grades)
+        return res
+
+
+class RewardEval(_TaskEval):
+    """Greedy accuracy on held-out `{prompt, answer}` records graded by a reward set: any verifiable task.
+
+    Logs `task/acc` (share of completions whose total reward is >= `correct_at`), `task/reward` (mean total) and
+    `task/answered` (share with an answer the reward can read, when it can read answers). The cDPO recipe adds
+    this callback to every stage when its task is your own records (src/recipes/cdpo_task.py).
+    """
+
+    prefix = "task"
+
+    def __init__(self, path: str, reward: Any, prompt_field: str = "prompt", answer_field: str = "answer",
+                 correct_at: float = 1.0, max_new_tokens: int = 64, every_validation: bool = False,
+                 limit: int | None = None) -> None:
+        import json
+        from pathlib import Path
+
+        super().__init__(every_validation)
+        rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()][:limit]
+        if not rows:
+            raise ValueError(f"RewardEval: {path} holds no records; point it at a jsonl of held-out questions")
+        self.prompts = [str(r[prompt_field]) for r in rows]
+        self.answers = [str(r[answer_field]) for r in rows]
+        self.reward, self.correct_at, self.max_new_tokens = reward, float(correct_at), max_new_tokens
+
+    def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
+        got = greedy_answers(module, tok, [tok.encode(p) for p in self.prompts], self.max_new_tokens)
+        scores = self.reward(self.prompts, got, answer=self.answers)
+        n = len(got)
+        res = {"acc": sum(t >= self.correct_at for t in scores.total) / n, "reward": sum(scores.total) / n}
+        if getattr(self.reward, "reads_answers", False):
+            res["answered"] = sum(self.reward.final_answer(g) is not None for g in got) / n
         return res

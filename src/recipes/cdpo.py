@@ -14,9 +14,12 @@ Stages, each in its own directory of the run dir, each skipped when its artifact
 | dpo, cdpo | sequence DPO and token-weighted DPO from the same start (the base), reference = the base | */final.pt |
 | shuffled, constant | cDPO's controls (`recipe.arms=[dpo,cdpo,shuffled,constant]`, weight_controls.py) | */final.pt |
 
-Every training stage evaluates greedy accuracy on the held-out questions (the config's task-eval callback), so
-the run's metrics.json holds `sft/arith/acc`, `positive/arith/acc` (the "SFT on the positive set" baseline),
-`dpo/arith/acc`, `cdpo/arith/acc`, the sampling and selection counts, and the critical-token analysis.
+The task (`recipe.task`, src/recipes/cdpo_task.py) is the built-in arithmetic one (`kind: arith`) or your own
+`{prompt, answer}` records graded by the `reward=` group (`kind: prompt`, `experiment=cdpo/prompts`). Every
+training stage evaluates greedy accuracy on the task's held-out questions, so the run's metrics.json holds
+`sft/<acc>`, `positive/<acc>` (the "SFT on the positive set" baseline), `dpo/<acc>`, `cdpo/<acc>` (`<acc>`:
+`arith/acc` or `task/acc`), the sampling and selection counts, and, where the task defines steps, the
+critical-token analysis.
 
 Continue an interrupted recipe with `ckpt_path=last` (the newest run of this task) or `ckpt_path=<run dir>`:
 finished stages are skipped, an interrupted training stage resumes from its own last checkpoint, an interrupted
@@ -36,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.cache import atomic_write_lines, atomic_write_text
 from src.data.errors import DataError
 from src.recipes.cdpo_select import select_contrastive_data
+from src.recipes.cdpo_task import CdpoTask, build_task
 from src.recipes.sampling import sample_graded
 from src.recipes.stages import build_backbone, load_weights, stage_config, train_stage
 from src.recipes.token_scores import first_wrong_step_analysis, score_pairs, token_spans
@@ -132,8 +136,15 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
             done.append(stage)
             _write_state(run_dir, done)
 
+    task = build_task(cfg, run_dir)
+
+    def stage(overrides: Any, name: str) -> DictConfig:  # a stage's config, with the task's held-out evaluation
+        c = stage_config(cfg, overrides, run_dir / name, smoke)
+        extra = task.stage_callbacks()
+        return OmegaConf.merge(c, {"callbacks": extra}) if extra else c
+
     # 1. SFT of the base policy; its tokenizer is saved for every later stage
-    sft_cfg = stage_config(cfg, r.get("sft") or {}, run_dir / "sft", smoke)
+    sft_cfg = stage(r.get("sft") or {}, "sft")
     base, m = train_stage(sft_cfg, "sft", None)
     metrics.update(_prefixed("sft", m))
     finish("sft")
@@ -142,26 +153,23 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
     if not (tok_dir / "tokenizer.json").is_file():
         tok.hf.save_pretrained(str(tok_dir))
 
-    from src.data.tasks.arith import Problem, ensure_arith_files, grade
-
     # 2. sample k graded solutions per training question
     s = OmegaConf.to_container(r.sample, resolve=True)
     if smoke:
         s.update(SMOKE_SAMPLE)
-    task = OmegaConf.to_container(cfg.data.task, resolve=True)
-    task.pop("kind", None)
-    files = ensure_arith_files(cfg.paths.cache_dir, **task)
-    questions = _jsonl(files["prompts"])[: int(s["n_questions"])]
+    questions = task.questions()[: int(s["n_questions"])]
     backbone.load_state_dict(load_weights(base))
-    rows = sample_graded(backbone, tok, questions, grade, run_dir / "sample" / "samples.jsonl",
+    rows = sample_graded(backbone, tok, questions, task.grade, run_dir / "sample" / "samples.jsonl",
                          k=int(s["k"]), temperature=float(s["temperature"]), top_p=s.get("top_p"),
                          max_new_tokens=int(s["max_new_tokens"]), chunk_questions=int(s["chunk_questions"]),
                          seed=int(cfg.seed))
     if smoke:  # a 4-step base solves nothing: give each question its reference solution so later stages have data
         for row in rows:
-            ref = Problem(tuple(int(x) for x in row["prompt"][:-1].split("+"))).solution()
-            row["completions"].append({"text": ref, "answer": row["answer"], "correct": True,
-                                       "first_wrong_step": None, "well_formed": True})
+            ref = task.reference_solution(row)
+            if ref is not None:
+                g = task.grade(row["prompt"], ref)
+                row["completions"].append({"text": ref, "answer": g.answer, "correct": g.correct,
+                                           "first_wrong_step": None, "well_formed": g.well_formed})
     comps = [c for row in rows for c in row["completions"]]
     metrics.update({"sample/questions": len(rows), "sample/correct": sum(c["correct"] for c in comps) / len(comps),
                     "sample/well_formed": sum(c["well_formed"] for c in comps) / len(comps)})
@@ -187,7 +195,7 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
     tok_cfg = {"pretrained": str(tok_dir)}
     models: dict[str, Path] = {}
     for name in ("positive", "negative"):
-        c = stage_config(cfg, r.contrastive, run_dir / name, smoke)
+        c = stage(r.contrastive, name)
         c.data.source.path, c.data.tokenizer = str(sel_dir / f"{name}.jsonl"), tok_cfg
         models[name], m = train_stage(c, name, base)
         metrics.update(_prefixed(name, m))
@@ -206,7 +214,7 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         scored = score_pairs(pos, neg, tok, pairs, seq_len=seq_len, b=float(sc.b), reference=backbone,
                              chosen_weights=bool(sc.chosen_weights), batch_size=int(sc.batch_size),
                              seed=int(cfg.seed))
-        rows_html = _pictures(tok, scored, grade, score_dir, int(sc.html_examples), int(cfg.seed))
+        rows_html = _pictures(tok, scored, task, score_dir, int(sc.html_examples), int(cfg.seed))
         _log_wandb(cfg, score_dir, rows_html)
         atomic_write_lines(scored_file, [json.dumps(x) for x in scored])  # the stage's artifact, last
     analysis = json.loads((score_dir / "analysis.json").read_text())
@@ -222,7 +230,7 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
                             f"rejected_weights_{CONTROLS[0]}); delete {score_dir} and rerun with ckpt_path={run_dir} "
                             "to rescore (the other stages are kept)")
     for name in arms:
-        c = stage_config(cfg, r.preference, run_dir / name, smoke)
+        c = stage(r.preference, name)
         c.data.source.path, c.data.tokenizer = str(scored_file), tok_cfg
         c.data.format_options.token_weights = name != "dpo"
         if name in CONTROLS:  # the same weights moved (shuffled) or flattened (constant)
@@ -233,24 +241,30 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_prefixed(name, m))
         finish(name)
 
-    acc = {k: metrics.get(f"{k}/arith/acc") for k in ("sft", "positive", *ARMS)}
+    acc = {k: metrics.get(f"{k}/{task.acc_metric}") for k in ("sft", "positive", *ARMS)}
     gains = [("cdpo", "dpo"), ("cdpo", "sft"), ("dpo", "sft"), ("cdpo", "positive"), ("cdpo", "shuffled"),
              ("cdpo", "constant"), ("shuffled", "sft"), ("constant", "sft")]
     for a, b in gains:  # paired, per seed
         if acc[a] is not None and acc[b] is not None:
             metrics[f"gain/{a}_vs_{b}"] = acc[a] - acc[b]
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log.info("cdpo: %s", _summary(metrics))
+    log.info("cdpo: %s", _summary(metrics, task.acc_metric))
     return metrics
 
 
-def _pictures(tok: Any, scored: list[dict[str, Any]], grade: Any, out: Path, n_html: int,
+def _pictures(tok: Any, scored: list[dict[str, Any]], task: CdpoTask, out: Path, n_html: int,
               seed: int) -> list[dict[str, Any]]:
-    """score/analysis.json, score/critical_tokens.html, score/lowest_token_vs_first_wrong_step.png; returns the
-    rows of the HTML picture."""
+    """score/analysis.json, score/critical_tokens.html, score/lowest_token_vs_first_wrong_step.png (the last only
+    where the task defines steps); returns the rows of the HTML picture."""
     from src.plots.critical_tokens import plot_lowest_token_offsets, token_score_html
 
-    analysis = first_wrong_step_analysis(tok, scored, grade, seed)
+    grade = task.grade
+    if task.has_steps:
+        analysis = first_wrong_step_analysis(tok, scored, grade, seed)
+    else:
+        analysis = {"n": 0, "note": "the task defines no steps (its grade is a reward): the lowest-scored token "
+                                    "cannot be compared with a first wrong step; see critical_tokens.html"}
+        log.info("cdpo: first-wrong-step analysis skipped: %s", analysis["note"])
     offsets = analysis.pop("offsets", [])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "analysis.json", json.dumps(analysis, indent=2) + "\n")
@@ -300,7 +314,6 @@ def _log_wandb(cfg: DictConfig, out: Path, rows: list[dict[str, Any]]) -> None:
                     out / "critical_tokens.html")
 
 
-def _summary(m: dict[str, Any]) -> str:
-    keys = ["sft/arith/acc", "positive/arith/acc", *(f"{a}/arith/acc" for a in ARMS), "score/hit_rate",
-            "score/random_rate"]
+def _summary(m: dict[str, Any], acc: str) -> str:
+    keys = [f"{s}/{acc}" for s in ("sft", "positive", *ARMS)] + ["score/hit_rate", "score/random_rate"]
     return " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)

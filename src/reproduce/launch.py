@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from src.reproduce.study import Study, StudyError
 
 ROOT = Path(__file__).resolve().parents[2]
+FINETUNE_DIR = "finetune"  # a two-stage run's stage-2 dir and metric prefix (src/recipes/finetune.py's layout)
 
 
 @dataclass
@@ -36,12 +39,25 @@ def job_dir(out: Path, arm: str, seed: int) -> Path:
 
 
 def job_state(path: Path) -> str:
-    """`done` (metrics.json), `interrupted` (a checkpoint, no metrics.json) or `new`."""
-    if (path / "metrics.json").is_file():
+    """`done` (its last stage's metrics are in metrics.json), `interrupted` (a checkpoint, not done) or `new`.
+
+    A two-stage job (`finetune:`, src/recipes/finetune.py) writes metrics.json after stage 1 already; it is done
+    only once stage 2's `finetune/...` metrics are merged in, else a stopped stage 2 would count as a finished job.
+    """
+    metrics = path / "metrics.json"
+    if metrics.is_file() and (not _two_stage(path) or any(
+            k.startswith(f"{FINETUNE_DIR}/") for k in json.loads(metrics.read_text()))):
         return "done"
-    if (path / "checkpoints" / "last.ckpt").is_file() or (path / "recipe.json").is_file():
+    ckpts = (path / "checkpoints" / "last.ckpt", path / FINETUNE_DIR / "checkpoints" / "last.ckpt")
+    if any(c.is_file() for c in ckpts) or (path / "recipe.json").is_file():
         return "interrupted"
     return "new"
+
+
+def _two_stage(path: Path) -> bool:
+    """Whether the job's resolved config (written when it started) has a `finetune:` stage."""
+    cfg = path / "config_resolved.yaml"
+    return (path / FINETUNE_DIR).is_dir() or (cfg.is_file() and bool(OmegaConf.load(cfg).get(FINETUNE_DIR)))
 
 
 def plan(study: Study, out: Path, seeds: list[int], extra: list[str], arms: list[str] | None = None

@@ -26,3 +26,8 @@ class ArithAnswerReward:
             got = final_answer(completion)
             out.append(float(got is not None and got == int(truth)))
         return out
+
+    def final_answer(self, completion: str) -> str | None:
+        """The integer after the first `#` as text (None without one): cDPO groups solutions by it."""
+        got = final_answer(completion)
+        return None if got is None else str(got)

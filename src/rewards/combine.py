@@ -100,6 +100,20 @@ class RewardSet:
             best += w * float(bound)
         return best
 
+    def final_answer(self, completion: str) -> str | None:
+        """The completion's final answer as the first function that can read one says (a `final_answer(text)`
+        method, as the arith, gsm8k and boxed rewards have); None when none can or it has no answer."""
+        for fn in self.functions.values():
+            read = getattr(fn, "final_answer", None)
+            if callable(read):
+                return read(completion)
+        return None
+
+    @property
+    def reads_answers(self) -> bool:
+        """Whether some function has `final_answer` (else solutions can only be grouped by their text)."""
+        return any(callable(getattr(fn, "final_answer", None)) for fn in self.functions.values())
+
     def _scores(self, name: str, fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
                 metadata: Mapping[str, Sequence[Any]]) -> list[float]:
         n = len(completions)

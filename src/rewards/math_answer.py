@@ -166,6 +166,13 @@ class GSM8KReward(_AnswerReward):
         want, got = parse_number(gsm8k_final(truth)), parse_number(gsm8k_final(completion))
         return want is not None and got is not None and got == want
 
+    def final_answer(self, completion: str) -> str | None:
+        """The completion's answer in a canonical spelling, so that answers equal under `matches` are equal
+        strings ("#### 1,200" and "1200.0" -> "1200"; "3/6" -> "1/2"); None when it has none. cDPO groups
+        sampled solutions by it (src/recipes/cdpo_task.py)."""
+        value = parse_number(gsm8k_final(completion))
+        return None if value is None else str(value)
+
 
 class BoxedAnswerReward(_AnswerReward):
     """1.0 when the last `\\boxed{...}` of the completion is equivalent to the record's `answer` (itself a plain
@@ -178,3 +185,12 @@ class BoxedAnswerReward(_AnswerReward):
 
     def matches(self, completion: str, truth: str) -> bool:
         return answers_match(boxed(completion), boxed(truth) or truth)
+
+    def final_answer(self, completion: str) -> str | None:
+        """The last `\\boxed{}`'s content, normalised (`\\dfrac12` and `\\frac{1}{2}` are one answer) and, when it is a
+        number, its exact value ("0.5" -> "1/2"); None without a box. Equivalences only sympy finds stay apart."""
+        got = boxed(completion)
+        if got is None:
+            return None
+        value = parse_number(got)
+        return str(value) if value is not None else normalise_latex(got)

@@ -56,6 +56,40 @@ def test_cdpo_recipe_runs_every_stage_and_a_rerun_skips_them(run_dir: Path) -> N
 
 
 
+def _gsm8k_style_files(root: Path, n: int = 60) -> tuple[Path, Path]:
+    """Your own task, as a user brings it: SFT solutions ending in `#### <answer>` and {prompt, answer} questions."""
+    import random
+
+    rng = random.Random(0)
+    sft, questions = root / "sft.jsonl", root / "questions.jsonl"
+    rows = [(rng.randint(1, 60), rng.randint(1, 60)) for _ in range(n)]
+    sft.write_text("".join(json.dumps({"prompt": f"What is {a} plus {b}? ",
+                                       "response": f"{a}+{b}={a + b}. #### {a + b}"}) + "\n" for a, b in rows))
+    questions.write_text("".join(json.dumps({"question": f"What is {b} plus {a}? ", "answer": str(a + b)}) + "\n"
+                                 for a, b in rows))
+    return sft, questions
+
+
+def test_cdpo_recipe_on_your_own_prompt_answer_records_graded_by_the_gsm8k_reward(run_dir: Path) -> None:
+    sft, questions = _gsm8k_style_files(run_dir.parent)
+    cfg = compose_cfg(["experiment=cdpo/prompts", "debug=smoke", "callbacks.progress_bar=null",
+                       "callbacks.run_artifacts.sample_max_new_tokens=0", f"data.source.path={sft}",
+                       f"recipe.task.source.path={questions}", "recipe.task.prompt_field=question",
+                       "recipe.task.n_eval=10", "recipe.sample.max_new_tokens=12"], run_dir)
+    metrics = run_training(cfg)
+    assert json.loads((run_dir / "recipe.json").read_text())["done"] == STAGES[:-2]
+    held_out = [json.loads(x) for x in (run_dir / "task/eval.jsonl").read_text().splitlines()]
+    assert len(held_out) == 10 and held_out[0]["prompt"].startswith("What is")
+    sampled = {json.loads(x)["prompt"] for x in (run_dir / "sample/samples.jsonl").read_text().splitlines()}
+    assert not sampled & {r["prompt"] for r in held_out}  # held-out questions are never sampled
+    for stage in ("sft", "positive", "negative", "dpo", "cdpo"):  # every stage's held-out accuracy, by the reward
+        assert 0.0 <= metrics[f"{stage}/task/acc"] <= 1.0, stage
+    assert metrics["select/pairs"] >= 1 and "gain/cdpo_vs_dpo" in metrics
+    assert metrics["score/n"] == 0 and "no steps" in json.loads((run_dir / "score/analysis.json").read_text())["note"]
+    assert (run_dir / "score/critical_tokens.html").is_file()
+    assert not (run_dir / "score/lowest_token_vs_first_wrong_step.png").exists()
+
+
 @pytest.mark.slow
 def test_with_wandb_the_scored_solutions_are_a_wandb_table(tmp_path: Path) -> None:
     """logger=wandb (offline): the score stage logs its table of coloured solutions and the lowest-token plot to a

@@ -112,6 +112,32 @@ def test_resume_is_exact(tmp_path: Path) -> None:
                                rtol=0, atol=1e-5)
 
 
+
+class TrainEndScore(pl.Callback):
+    """A task metric computed only when training ends (as ArithEval's is, by default)."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, float] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results = {"task/score": float(trainer.global_step)}
+
+    def summary_metrics(self) -> dict[str, float]:
+        return dict(self.results)
+
+
+def test_resuming_a_finished_run_keeps_its_metrics(run_dir: Path) -> None:
+    """A finished run resumed again (a requeue, a two-stage run going on to stage 2) trains and validates nothing:
+    its metrics.json stays as the run wrote it, including metrics computed only at the end of training (a
+    re-validation used to rewrite it without them: the D³S study lost its SFT base accuracy that way)."""
+    common = [*TINY, "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              f"+callbacks.score._target_={__name__}.TrainEndScore"]
+    run_training(compose_cfg(common, run_dir))
+    before = (run_dir / "metrics.json").read_text()
+    assert json.loads(before)["task/score"] == 4.0
+    run_training(compose_cfg([*common, f"ckpt_path={run_dir}"], run_dir))
+    assert (run_dir / "metrics.json").read_text() == before
+
 def test_fused_and_reference_losses_give_the_same_trajectory(tmp_path: Path) -> None:
     """20 steps with the chunked kernel vs materialised logits: the same run, up to float round-off."""
     common = [*TINY, "trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.limit_val_batches=1"]

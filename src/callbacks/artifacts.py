@@ -95,6 +95,12 @@ class RunArtifacts(Callback):
         and the newest recorded one is older. The runtime then validates once more (src/runtime/build.py)."""
         if self._trained or not trainer.max_steps or trainer.global_step < trainer.max_steps:
             return False
+        written = Path(trainer.default_root_dir) / "metrics.json"
+        if written.is_file() and json.loads(written.read_text()).get("steps", -1) >= trainer.global_step:
+            # the run finished: metrics.json is written after the final validation (on_fit_end), so a resume of a
+            # finished run (a two-stage run going on to stage 2) validates nothing again and keeps the run's
+            # numbers, including task metrics that are computed only at the end of training
+            return False
         if not trainer.limit_val_batches or (self.val_history and self.val_history[-1][0] >= trainer.global_step):
             return False
         every = trainer.val_check_batch

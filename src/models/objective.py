@@ -31,13 +31,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from torch import nn
 from torchmetrics import SumMetric
 
 from src.models.components.generation import generate
 from src.models.master_weights import MasterWeights
-from src.models.reference import ReferenceModel
+from src.models.reference import ReferenceMismatchError, ReferenceModel, weights_fingerprint
 from src.models.token_normaliser import LOSS_NORMALIZATIONS, StepTokenNormaliser
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class Objective(pl.LightningModule, abc.ABC):
         self.val_denominator = SumMetric()
         self.nonfinite = nonfinite
         self.skipped_steps = 0  # optimizer steps dropped for a non-finite loss (nonfinite=skip); checkpointed
+        self._reference_prints: dict[str, str] = {}  # {prefix: fingerprint} of frozen reference copies, hashed once
         self._last_tick: float | None = None
         self._normaliser: StepTokenNormaliser | None = None
         self._window_nonfinite: torch.Tensor | None = None  # on the device: no host sync per micro-batch
@@ -345,6 +346,7 @@ class Objective(pl.LightningModule, abc.ABC):
         `load_base_state_dict` (the compact transformer: plain weights under its LoRA adapters) loads it that way."""
         for model in (self.backbone, *self.reference_models()):
             getattr(model, "load_base_state_dict", model.load_state_dict)(state)
+        self._reference_prints.clear()
 
     def reference_models(self) -> list[nn.Module]:
         """Frozen models this objective holds besides the backbone (a `ReferenceModel` in `copy` mode,
@@ -395,8 +397,55 @@ class Objective(pl.LightningModule, abc.ABC):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = rng_state_to_checkpoint(_collect_rng_states(include_cuda=torch.cuda.is_available()))
         checkpoint["tokensmith_skipped_steps"] = self.skipped_steps
+        self._drop_rebuildable_references(checkpoint)
+
+    def _copied_references(self) -> dict[str, nn.Module]:
+        """{state-dict prefix: frozen copy} of the `copy`-mode references this objective holds."""
+        return {f"{name}.frozen.": m.frozen for name, m in self.named_children()
+                if isinstance(m, ReferenceModel) and m.frozen is not None}
+
+    def _drop_rebuildable_references(self, checkpoint: dict[str, Any]) -> None:
+        """A frozen reference copy is the run's starting weights, which a resume rebuilds: the checkpoint keeps its
+        fingerprint instead of its weights (for SmolLM2 DPO, ~0.5 GB less per checkpoint). Only for full-state
+        checkpoints (one device, DDP); sharded ones (FSDP2, DeepSpeed) are written by their engines, unchanged."""
+        state = checkpoint.get("state_dict")
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(state, dict) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or \
+                isinstance(strategy, DeepSpeedStrategy):
+            return
+        prints = {}
+        for prefix, module in self._copied_references().items():
+            keys = [k for k in state if k.startswith(prefix)]
+            if keys:
+                if prefix not in self._reference_prints:  # frozen: hashed once (load_backbone_weights resets it)
+                    self._reference_prints[prefix] = weights_fingerprint(module)
+                prints[prefix] = self._reference_prints[prefix]
+                for k in keys:
+                    del state[k]
+        if prints:
+            checkpoint[REFERENCE_KEY] = prints
+
+    def _restore_references(self, checkpoint: dict[str, Any]) -> None:
+        """Put the rebuilt reference's weights back into a checkpoint that left them out, after checking that it is
+        the reference the run trained against. Resuming training with another one is an error; reading the
+        checkpoint outside training (`load_from_checkpoint`, e.g. to evaluate the policy) only warns."""
+        for prefix, saved in (checkpoint.get(REFERENCE_KEY) or {}).items():
+            module = self._copied_references().get(prefix)
+            if module is None:
+                raise ReferenceMismatchError(
+                    f"this checkpoint was trained against a reference copy ({prefix.rstrip('.')}), and this config "
+                    "builds none; resume with the method settings of the run that wrote it (method.reference=copy)")
+            if weights_fingerprint(module) != saved:
+                msg = ("the reference model rebuilt for this resume is not the one the checkpoint was trained "
+                       "against (its weights' fingerprint differs): the run must start from the same weights, i.e. "
+                       "the same model/seed settings (or the recipe stage's starting point) as the run that wrote it")
+                if self._trainer is not None:
+                    raise ReferenceMismatchError(msg + "; or start a new run without ckpt_path")
+                log.warning("%s; the policy is loaded, its reference is this config's own", msg)
+            checkpoint["state_dict"].update({prefix + k: v for k, v in module.state_dict().items()})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restore_references(checkpoint)
         if RNG_KEY in checkpoint:
             _set_rng_states(rng_state_from_checkpoint(checkpoint[RNG_KEY]))
         elif LEGACY_RNG_KEY in checkpoint:
@@ -407,6 +456,7 @@ class Objective(pl.LightningModule, abc.ABC):
 
 
 RNG_KEY = "tokensmith_rng_state"
+REFERENCE_KEY = "tokensmith_reference_fingerprints"  # {state-dict prefix: sha256} of the references left out
 LEGACY_RNG_KEY = "tokensmith_rng"  # pickled bytes, never loaded
 
 

@@ -5,8 +5,11 @@ Three ways to hold it, one interface (`ReferenceModel.logprobs(batch, prefix=...
 - `copy`: a frozen deep copy of the policy's backbone, taken when the objective is built (i.e. of the weights the
   policy starts from). It is a registered submodule, so Lightning moves it to the device and every strategy places
   it like the policy: DDP ignores it (no gradients), FSDP2 shards it in `Objective.configure_model`, DeepSpeed
-  ZeRO-3 partitions it with the rest of the module and gathers each layer as it runs. Its weights are saved in
-  checkpoints, so a resumed run scores against exactly the reference it started with.
+  ZeRO-3 partitions it with the rest of the module and gathers each layer as it runs. It is NOT saved in full
+  checkpoints (single device, DDP): it is the starting weights, which a resumed run rebuilds (from the config, or
+  the recipe stage's / fine-tune's starting point). The checkpoint keeps a SHA-256 fingerprint of it instead, and
+  resuming compares the rebuilt reference with it, so a resume can never score against another reference
+  (`Objective.on_save_checkpoint`). Sharded checkpoints (FSDP2, DeepSpeed) still hold it.
 - `adapter`: the policy itself with its peft (LoRA) adapter switched off, for LoRA runs: no second copy in memory.
 - `precomputed`: reference log-probs computed once, before training, and carried by the batch as
   `<prefix>ref_logp` [B, T] (0 where the label is ignored); no reference forward at all during training.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -28,6 +32,21 @@ from src.models.fsdp import is_fsdp2
 from src.models.logprobs import batch_logprobs, batch_view
 
 REFERENCE_MODES = ("copy", "adapter", "precomputed")
+
+
+class ReferenceMismatchError(ValueError):
+    """A resumed run rebuilt a reference that is not the one its checkpoint was trained against."""
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state: every tensor's name, dtype, shape and bytes, in name order. Equal weights give
+    equal fingerprints on any device; one changed bit changes it. (~1 s per GB on a CPU core.)"""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def peft_model_of(backbone: nn.Module) -> nn.Module | None:

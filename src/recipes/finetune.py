@@ -94,7 +94,9 @@ def run_finetune(cfg: DictConfig, pretrained: pl.LightningModule, output_dir: Pa
     ckpt = str(own) if resumed and is_checkpoint(own) else None
     if ckpt is None:
         ensure_fresh_run_dir(ft_cfg.paths.output_dir)
-        module.load_backbone_weights(pretrained.backbone.state_dict())
+    # also on resume: a frozen reference copy is the pretrained weights and checkpoints leave it out (checked by
+    # fingerprint when the checkpoint restores the fine-tuned policy over this)
+    module.load_backbone_weights(pretrained.backbone.state_dict())
     if trainer.global_rank == 0:  # the stage's own config, so its dir is a run dir (python -m src.export)
         write_run_metadata(ft_cfg, Path(ft_cfg.paths.output_dir))
     log.info("fine-tuning stage -> %s", ft_cfg.paths.output_dir)

@@ -88,8 +88,8 @@ def train_stage(cfg: DictConfig, name: str, init: Path | None) -> tuple[Path, di
     datamodule, module, trainer = build_components(cfg)
     last = out / "checkpoints" / "last.ckpt"
     ckpt = str(last) if is_checkpoint(last) else None
-    if ckpt is None and init is not None:
-        module.load_backbone_weights(load_weights(init))  # the reference copy too (DPO stages)
+    if init is not None:  # the reference copy too (DPO stages); on resume the checkpoint then restores the policy,
+        module.load_backbone_weights(load_weights(init))  # and the reference it left out is this start (checked)
     if trainer.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

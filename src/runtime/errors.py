@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 
 from src.data.errors import DataError
 from src.models.objective import NonFiniteLossError, OptimizerConfigError
+from src.models.reference import ReferenceMismatchError
 from src.runtime.checkpoints import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -25,5 +26,5 @@ class ConfigError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     DataError, CheckpointNotFoundError, CorruptCheckpointError, CheckpointMismatchError, RunDirTakenError,
-    InstantiationException, NonFiniteLossError, OptimizerConfigError, ConfigError,
+    InstantiationException, NonFiniteLossError, OptimizerConfigError, ConfigError, ReferenceMismatchError,
 )

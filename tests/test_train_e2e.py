@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from src.callbacks.artifacts import RunArtifacts
+from src.report.collect import read_csv_curves
 from src.runtime.build import build_components
 from src.runtime.checkpoints import resolve_ckpt_path
 from src.runtime.run import run_training
@@ -99,7 +100,8 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     n = 6
     common = [*TINY, f"trainer.max_steps={2 * n}", f"trainer.val_check_interval={n}", "model.dropout=0.1",
-              "trainer.limit_val_batches=2", "method.scheduler.warmup_steps=2", "data.num_workers=2"]
+              "trainer.limit_val_batches=2", "method.scheduler.warmup_steps=2", "data.num_workers=2",
+              "trainer.log_every_n_steps=1"]
     straight = _fit(compose_cfg(common, tmp_path / "a"))
     first = _fit(compose_cfg(common, tmp_path / "b"), extra_callbacks=[_StopAt(n)])
     assert first.global_step == n
@@ -110,6 +112,10 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert [s for s, _ in a] == [s for s, _ in b]  # resumed run carries the first half's history too
     torch.testing.assert_close(torch.tensor([x for _, x in b]), torch.tensor([x for _, x in a]),
                                rtol=0, atol=1e-5)
+    # csv/metrics.csv keeps the rows logged before the resume (Lightning's CSVLogger deleted them)
+    ca, cb = (read_csv_curves(d / "csv" / "metrics.csv")["train/loss"] for d in (tmp_path / "a", tmp_path / "b"))
+    assert [s for s, _ in cb] == [s for s, _ in ca] and ca[0][0] < n
+    torch.testing.assert_close(torch.tensor([x for _, x in cb]), torch.tensor([x for _, x in ca]), rtol=0, atol=1e-5)
 
 
 

@@ -108,8 +108,13 @@ def test_grpo_arith_smoke_run_and_the_step_probe_on_it(tmp_path: Path, capsys: p
     import importlib.util
 
     run = train_subprocess(tmp_path / "run", ["experiment=grpo/arith", "debug=smoke", "callbacks.progress_bar=null",
-                                              "callbacks.run_artifacts.sample_max_new_tokens=0"])
+                                              "callbacks.run_artifacts.sample_max_new_tokens=0",
+                                              "finetune.trainer.max_steps=8", "finetune.trainer.val_check_interval=2"])
     assert (run / "finetune" / "metrics.json").is_file()
+    # 2 PPO epochs: 8 updates = 4 generation batches, validated after batches 2 and 4. The held-out accuracy is on
+    # the objective's x-axis (the logger step of val/reward and train/*), not at the update count (twice it)
+    acc, val = logged(run / "finetune", "arith/acc"), logged(run / "finetune", "val/reward")
+    assert sorted(val) == [1, 3] and set(val) <= set(acc) and max(acc) <= 4, (sorted(acc), sorted(val))
     spec = importlib.util.spec_from_file_location("probe", Path(__file__).parents[1] / "scripts/grpo_step_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)

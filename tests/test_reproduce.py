@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from src.reproduce.__main__ import main, report
-from src.reproduce.judge import collect, paired
+from src.reproduce.judge import collect, on_logger_axis, paired
 from src.reproduce.launch import job_dir, job_state, plan
 from src.reproduce.rules import rainbow_lengths
 from src.reproduce.study import StudyError, load_study, parse_seeds
@@ -215,3 +215,16 @@ def test_d3s_budget_worked_example() -> None:
     values["none"][2]["acc"] = 0.44  # seed 2 gains 4 points only: mean gain (10 + 4 + 10) / 3 = 8.0 still holds
     assert d3s_budget(values, seeds, curves=curves, d3s="d3s", grpo="none", random="random", base="sft",
                       metric="acc", tokens="tok")[0].passed
+
+
+def test_task_curves_logged_at_the_update_count_move_to_the_generation_batch_axis() -> None:
+    """The worked example of `on_logger_axis`: 400 updates over 200 generation batches (2 PPO epochs); a run of the
+    new logging (accuracy already per batch, its last point at 200) passes through unchanged."""
+    metrics = {"finetune/steps": 400, "finetune/train/generation_batches": 200.0}
+    old = {"arith/acc": [(50, 0.3), (250, 0.4), (400, 0.5)], "train/backprop_tokens": [(0, 1.0), (199, 9.0)]}
+    moved = on_logger_axis(old, metrics, "finetune/")
+    assert moved["arith/acc"] == [(24, 0.3), (124, 0.4), (199, 0.5)]
+    assert moved["train/backprop_tokens"] == old["train/backprop_tokens"]
+    new = {"arith/acc": [(24, 0.3), (200, 0.5)], "train/backprop_tokens": [(0, 1.0), (199, 9.0)]}
+    assert on_logger_axis(new, metrics, "finetune/") == new
+    assert on_logger_axis(old, {"steps": 400}, "") == old  # not an RL stage: nothing to move

@@ -76,6 +76,14 @@ def char_tokenize(tok: Any, text: str) -> list[int]:
     return [i for ch in text for i in tok.encode(ch)]
 
 
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step Lightning's own logging uses at this moment (`self.log` in the objective, validation metrics): the
+    count of batches that stepped. It is the optimizer step for LM objectives but the generation batch for RL ones
+    (GRPO with 2 PPO epochs makes 2 optimizer steps per batch), so task metrics logged at it share one x-axis with
+    `train/*` and `val/*` in csv/metrics.csv (`trainer.global_step` put them at twice the step in RL runs)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 class _TaskEval(Callback, abc.ABC):
     prefix = "task"
 
@@ -99,7 +107,7 @@ class _TaskEval(Callback, abc.ABC):
             pl_module.train(was_training)
         self.results = {f"{self.prefix}/{k}": float(v) for k, v in res.items()}
         for lg in trainer.loggers:
-            lg.log_metrics(self.results, step=trainer.global_step)
+            lg.log_metrics(self.results, step=logger_step(trainer))
         for k, v in self.results.items():
             trainer.callback_metrics[k] = torch.tensor(v)
         log.info("%s", " ".join(f"{k}={v:.3f}" for k, v in self.results.items()))

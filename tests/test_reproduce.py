@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from src.report.collect import on_logger_axis
 from src.reproduce.__main__ import main, report
-from src.reproduce.judge import collect, on_logger_axis, paired
+from src.reproduce.judge import collect, paired
 from src.reproduce.launch import job_dir, job_state, plan
 from src.reproduce.rules import rainbow_lengths
 from src.reproduce.study import StudyError, load_study, parse_seeds

@@ -16,6 +16,7 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -100,10 +101,32 @@ class Job:
 
     def curves(self) -> dict[str, list[tuple[int, float]]]:
         """Every column of csv/metrics.csv as (step, value) pairs sorted by step; a step logged twice (a resumed
-        run) keeps its last value. Empty when the run has no CSV log."""
+        run) keeps its last value; an older RL run's task metrics moved to its generation-batch axis
+        (`on_logger_axis`). Empty when the run has no CSV log."""
         if self._curves is None:
-            self._curves = read_csv_curves(self.dir / self.stage / "csv" / "metrics.csv")
+            self._curves = on_logger_axis(read_csv_curves(self.dir / self.stage / "csv" / "metrics.csv"),
+                                          self.metrics or {}, f"{self.stage}/" if self.stage else "")
         return self._curves
+
+
+def on_logger_axis(curves: dict[str, list[tuple[int, float]]], metrics: dict[str, Any], prefix: str = ""
+                   ) -> dict[str, list[tuple[int, float]]]:
+    """Curves of an RL stage with the task metrics put on the objective's x-axis (generation batches).
+
+    Runs before 2026-12-07 logged task evaluations (`arith/acc`) at the optimizer-update count, while `train/*` is
+    logged per generation batch: with 2 PPO epochs an evaluation after batch b (0-based) was logged at update
+    2(b + 1). A column whose steps go past the stage's last generation batch is on the update axis; it is mapped to
+    the batch it was evaluated after, u · G / S − 1 (S updates, G generation batches), where `train/*` of that
+    batch is logged. Runs from the fix on (src/callbacks/task_eval.py: `logger_step`) are already on one axis and
+    pass through unchanged. Worked example: S = 400, G = 200, accuracy at update 250 -> batch 124."""
+    updates, batches = metrics.get(f"{prefix}steps"), metrics.get(f"{prefix}train/generation_batches")
+    if not updates or not batches or updates <= batches:
+        return curves
+    out = {}
+    for name, points in curves.items():
+        late = points and max(st for st, _ in points) > batches
+        out[name] = [(round(st * batches / updates) - 1, v) for st, v in points] if late else points
+    return out
 
 
 def read_csv_curves(path: Path) -> dict[str, list[tuple[int, float]]]:

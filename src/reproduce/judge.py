@@ -135,29 +135,8 @@ def load_curves(study: Study, out: Path, seeds: list[int]) -> Curves:
                 continue
             job = Job.read(d)
             job.stage = arm.prefix.rstrip("/")
-            curves = {c: job.curves().get(c, []) for c in study.curves}
-            found[arm.name][s] = on_logger_axis(curves, job.metrics or {}, arm.prefix)
+            found[arm.name][s] = {c: job.curves().get(c, []) for c in study.curves}
     return found
-
-
-def on_logger_axis(curves: dict[str, list[tuple[int, float]]], metrics: dict[str, Any], prefix: str = ""
-                   ) -> dict[str, list[tuple[int, float]]]:
-    """Curves of an RL stage with the task metrics put on the objective's x-axis (generation batches).
-
-    Runs before 2026-12-07 logged task evaluations (`arith/acc`) at the optimizer-update count, while `train/*` is
-    logged per generation batch: with 2 PPO epochs an evaluation after batch b (0-based) was logged at update
-    2(b + 1). A column whose steps go past the stage's last generation batch is on the update axis; it is mapped to
-    the batch it was evaluated after, u · G / S − 1 (S updates, G generation batches), where `train/*` of that
-    batch is logged. Runs from the fix on (src/callbacks/task_eval.py: `logger_step`) are already on one axis and
-    pass through unchanged. Worked example: S = 400, G = 200, accuracy at update 250 -> batch 124."""
-    updates, batches = metrics.get(f"{prefix}steps"), metrics.get(f"{prefix}train/generation_batches")
-    if not updates or not batches or updates <= batches:
-        return curves
-    out = {}
-    for name, points in curves.items():
-        late = points and max(st for st, _ in points) > batches
-        out[name] = [(round(st * batches / updates) - 1, v) for st, v in points] if late else points
-    return out
 
 
 def verdict(study: Study, values: Values, seeds: list[int], missing: list[str], curves: Curves | None = None
@@ -227,8 +206,7 @@ def _curves(ax: Any, study: Study, column: str, seeds: list[int], out_dir: Path,
         jobs = [Job.read(job_dir(out_dir, arm.runs, s)) for s in seeds if job_dir(out_dir, arm.runs, s).is_dir()]
         for j in jobs:
             j.stage = arm.prefix.rstrip("/")
-        logged = [on_logger_axis(j.curves(), j.metrics or {}, arm.prefix) for j in jobs]
-        runs = [(dict(c.get(column, [])), dict(c.get(x, [])) if x else {}) for c in logged]
+        runs = [(dict(j.curves().get(column, [])), dict(j.curves().get(x, [])) if x else {}) for j in jobs]
         runs = [(r, xs) for r, xs in runs if r and (xs or not x)]
         if not runs:
             continue

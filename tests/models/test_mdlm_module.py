@@ -44,19 +44,37 @@ def test_a_causal_backbone_is_one_clear_error() -> None:
         MaskedDiffusionModule(tiny_compact(), optimizer=torch.optim.AdamW, tokenizer=tokenizer())
 
 
+def hand_loss(m: MaskedDiffusionModule, batch: dict[str, torch.Tensor], seed: int, **eps: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Σ_b Σ_masked CE / (p_mask · L_ans), masked [B, T], p_mask [B]) with the module's masks, re-drawn from its
+    generator (rank 0), and CE from full logits."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003)  # the training generator of rank 0
+    maskable = batch["labels"] != -100
+    noisy, masked, p_mask = forward_mask(batch["input_ids"], maskable, MASK, generator=gen, **eps)
+    logits = m.backbone(noisy, attention_mask=batch["attention_mask"]) @ m.backbone.output_weight.T  # [B, T, V]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"], reduction="none")
+    return ((ce * masked).sum(1) / (p_mask * maskable.sum(1))).sum(), masked, p_mask
+
+
 def test_loss_equals_the_hand_computation_from_plain_logits() -> None:
     """Same masks (the module's generator, re-created), CE from full logits: Σ_b Σ_masked CE / (p_mask · L_ans)."""
     m, batch = module(seed=3), canvas_batch()
     out = m.compute_loss(batch)
-    gen = torch.Generator().manual_seed(3 * 1_000_003)  # the training generator of rank 0
-    maskable = batch["labels"] != -100
-    noisy, masked, p_mask = forward_mask(batch["input_ids"], maskable, MASK, generator=gen)
-    logits = m.backbone(noisy, attention_mask=batch["attention_mask"]) @ m.backbone.output_weight.T  # [B, T, V]
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"], reduction="none")
-    want = ((ce * masked).sum(1) / (p_mask * maskable.sum(1))).sum()
+    want, masked, _ = hand_loss(m, batch, 3)
     assert out.numerator.item() == pytest.approx(want.item(), rel=1e-5)
     assert out.denominator.item() == 6  # sequences: the step-exact mean divides by them
     assert not masked[:, 0].any()  # the prompt column never masked
+
+
+def test_mask_eps_is_the_smallest_masking_probability_and_the_loss_divides_by_it() -> None:
+    """method.mask_eps=0.6: p_mask = 0.4·t + 0.6 >= 0.6 for every sequence, and the loss is the hand computation
+    with that p_mask (the default eps would draw other masks and divide by other probabilities)."""
+    m, batch = module(seed=3, mask_eps=0.6), canvas_batch()
+    out = m.compute_loss(batch)
+    want, _, p_mask = hand_loss(m, batch, 3, eps=0.6)
+    assert bool((p_mask >= 0.6).all())
+    assert out.numerator.item() == pytest.approx(want.item(), rel=1e-5)
+    assert out.numerator.item() != pytest.approx(hand_loss(m, batch, 3)[0].item(), rel=1e-3)
 
 
 def test_masking_rng_resumes_exactly_and_validation_masks_repeat() -> None:

@@ -111,3 +111,14 @@ def test_validation_reward_is_pooled_over_prompts_not_averaged_over_batches() ->
     module.on_validation_epoch_end()
     assert sum(rewards[:3]) / 3 != pytest.approx(rewards[3])  # else a mean of batch means would agree
     assert logged["val/reward"] == pytest.approx(sum(rewards) / 4)
+
+
+def test_validation_decodes_at_most_val_max_new_tokens() -> None:
+    """val_max_new_tokens=2: greedy validation completions stop at 2 tokens while rollouts may take 8 (the char
+    tokenizer: one token per character, so LengthReward sees at most 2 characters, i.e. 0.2)."""
+    module = tiny_module(TOK, reward=LengthReward(), num_generations=2, max_new_tokens=8, val_max_new_tokens=2)
+    batch = prompt_batch(TOK, ["ab", "cde", "f"])
+    rewards, _ = module.greedy_rewards(batch)
+    assert float(rewards.max()) <= 0.2 + 1e-6
+    module.val_max_new_tokens = 8
+    assert float(module.greedy_rewards(batch)[0].max()) > 0.2  # uncapped, some greedy completion is longer

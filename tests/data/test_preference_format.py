@@ -51,6 +51,21 @@ def test_pairs_become_two_prompt_masked_views(tmp_path: Path, run_dir: Path) -> 
         assert full.startswith("count from")
 
 
+
+def test_chosen_and_rejected_fields_of_other_names(tmp_path: Path, run_dir: Path) -> None:
+    """data.format_options.chosen_field / rejected_field read records that name the responses otherwise (e.g. an
+    HF dataset's `better` / `worse`): the chosen view holds `better`'s text, the rejected `worse`'s."""
+    path = tmp_path / "renamed.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}:", "better": " yes yes", "worse": " no"}) + "\n"
+                            for i in range(40)))
+    dm, _, _ = build_components(cfg_for(path, run_dir, "data.format_options.chosen_field=better",
+                                        "data.format_options.rejected_field=worse", "data.shuffle=false"))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    for view, text in (("chosen", "yes yes"), ("rejected", "no")):
+        labels = batch[f"{view}_labels"][0]
+        assert dm.tokenizer.decode(labels[labels != -100].tolist()[:-1]).strip() == text
+
 def test_bad_records_name_file_and_line(tmp_path: Path, run_dir: Path) -> None:
     good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
     for bad, message in ((json.dumps({"prompt": "p", "chosen": "a"}), 'no "rejected"'),

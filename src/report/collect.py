@@ -1,7 +1,7 @@
 """Finding and reading run directories.
 
 A run dir holds `.hydra/overrides.yaml` (the job's command-line overrides), `metrics.json` (final metrics, written
-when the run ends) and `csv/metrics.csv` (every logged metric per optimizer step). A two-stage run (a `finetune:`
+when the run ends) and `csv/metrics.csv` (every logged metric per logged step). A two-stage run (a `finetune:`
 or recipe stage) keeps each later stage's CSV in its own sub-directory (`<run dir>/finetune/csv/metrics.csv`):
 `stage` names it. A multirun dir holds run dirs:
 Hydra names them 0, 1, ...; `scripts/budget_sweep.py` names them after the swept values. A job without

@@ -4,8 +4,9 @@ band of ± std when the row has 3 or more jobs and min–max when it has 2 (none
 Steps are those every job of the row logged (all of them when the jobs logged at disjoint steps). Losses and
 perplexities are drawn on a log y axis. Each PNG is written atomically (a temp file, then os.replace).
 
-The x axis is the optimizer step, or any other logged column (`xs`): e.g. `train/backprop_tokens` or
-`train/train_seconds` for an RL run, where the question is what a method costs, not how many updates it takes.
+The x axis is the logged step (the optimizer step; in RL runs the generation batch), or any other logged column
+(`xs`): e.g. `train/backprop_tokens` or `train/train_seconds` for an RL run, where the question is what a method
+costs, not how many updates it takes.
 The row's x at a step is its jobs' mean there, so a line is drawn against the row's mean budget. Several x axes
 give side-by-side panels in one PNG. `smooth=k` averages each job's last k logged values first (a noisy per-batch
 reward): a trailing moving average, so a point never uses values logged after it.
@@ -122,7 +123,7 @@ def plot(table: Table, metric: str, out_dir: Path, title: str = "", xs: tuple[st
             if high / low < 20:  # within about a decade the log ticks leave a bare axis: plain ticks, log spacing
                 ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
                 ax.yaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("optimizer step" if x == STEP else f"{x} (mean over seeds)")
+        ax.set_xlabel("logged step (RL: generation batch)" if x == STEP else f"{x} (mean over seeds)")
         if x == STEP:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric + (" (nats/token)" if name == "loss" else "")

@@ -46,7 +46,7 @@ MODULES: dict[str, list[str]] = {
     "src/models/preference_losses.py": ["tests/models/test_dpo_module.py", "tests/models/test_rl_options.py"],
     "src/data/rainbow.py": ["tests/data/test_rainbow.py"],
     "src/data/stochastok.py": ["tests/data/test_stochastok.py"],
-    "src/data/skills_graph.py": ["tests/data/test_skills_graph.py", "tests/test_skillit_callback.py"],  # Skill-It's rule
+    "src/data/skills_graph.py": ["tests/data/test_skills_graph.py", "tests/test_skillit_callback.py"],  # Skill-It
 }
 
 

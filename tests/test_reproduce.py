@@ -229,3 +229,27 @@ def test_task_curves_logged_at_the_update_count_move_to_the_generation_batch_axi
     new = {"arith/acc": [(24, 0.3), (200, 0.5)], "train/backprop_tokens": [(0, 1.0), (199, 9.0)]}
     assert on_logger_axis(new, metrics, "finetune/") == new
     assert on_logger_axis(old, {"steps": 400}, "") == old  # not an RL stage: nothing to move
+
+
+def test_reach_budget_reads_each_arms_first_evaluation_at_the_full_runs_final_accuracy(tmp_path: Path) -> None:
+    """scripts/reach_budget.py on two hand-made RL jobs of 6 generation batches, evaluated after batches 2, 4, 6:
+    the full run (100 tokens a batch, final accuracy 0.5) and a down-sampled one (50 a batch) that reaches 0.5 at
+    its second evaluation: 200 of the full run's 600 tokens, after batch 4, 4 × 30 s."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reach", Path(__file__).parents[1] / "scripts/reach_budget.py")
+    reach = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reach)
+    for arm, per_batch, accs in (("full", 100, (0.4, 0.45, 0.5)), ("cheap", 50, (0.45, 0.5, 0.5))):
+        d = job_dir(tmp_path, arm, 1) / "finetune" / "csv"
+        d.mkdir(parents=True)
+        rows = ["step,arith/acc,train/backprop_tokens,train/train_seconds"]
+        rows += [f"{b},,{(b + 1) * per_batch},{(b + 1) * 30}" for b in range(6)]
+        rows += [f"{b},{a},," for b, a in zip((1, 3, 5), accs)]
+        (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+        (d.parent.parent / "metrics.json").write_text(json.dumps({
+            "finetune/arith/acc": accs[-1], "finetune/train/backprop_tokens": 6 * per_batch}))
+    args = ("finetune", "arith/acc", "train/backprop_tokens", "train/train_seconds")
+    assert reach.reach(tmp_path, "cheap", "full", 1, *args) == "33% (batch 4, 2 min)"
+    assert reach.reach(tmp_path, "full", "full", 1, *args) == "100% (batch 6, 3 min)"
+    assert reach.reach(tmp_path, "missing", "full", 1, *args) == "—"

@@ -168,7 +168,7 @@ def paired_wins(values: Values, seeds: list[int], *, arm: str, metric: str, marg
     return crits
 
 
-def _first_reach(tokens: list[tuple[int, float]], acc: list[tuple[int, float]], target: float) -> float | None:
+def first_reach(tokens: list[tuple[int, float]], acc: list[tuple[int, float]], target: float) -> float | None:
     """Back-propagated tokens at the first evaluation whose accuracy is >= target (None: never reached)."""
     logged = sorted(tokens)
     for step, a in sorted(acc):
@@ -203,7 +203,7 @@ def d3s_budget(values: Values, seeds: list[int], *, curves: Curves, d3s: str, gr
     for s in seeds:
         target = values[grpo][s][metric]
         full = values[grpo][s][tokens]
-        got = _first_reach(curves[d3s][s][tokens], curves[d3s][s][metric], target)
+        got = first_reach(curves[d3s][s][tokens], curves[d3s][s][metric], target)
         within.append(got is not None and got <= budget * full + 1e-9)
         reached = "never" if got is None else f"{got / full:.0%}"
         detail.append(f"seed {s}: {reached} (target {target * scale:.1f})")

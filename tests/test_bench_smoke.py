@@ -52,3 +52,10 @@ def test_lego_recall_pilot_script() -> None:
 
 def test_sweep_table_is_src_report() -> None:
     assert "python -m src.report" in _run(["scripts/sweep_table.py", "--help"])
+
+
+def test_checkpoint_memory_bench_on_smollm2() -> None:
+    """One DPO step of SmolLM2 with and without saving (~1 min: the model loads twice); the TRL row is skipped."""
+    text = _run(["bench/checkpoint_memory.py", "--steps", "1", "--batch", "1", "--seq", "32", "--pairs-n", "8",
+                 "--skip-trl"])
+    assert "| tokensmith, saving |" in text and "| tokensmith, no checkpoint | " in text

@@ -144,6 +144,22 @@ def test_resuming_a_finished_run_keeps_its_metrics(run_dir: Path) -> None:
     run_training(compose_cfg([*common, f"ckpt_path={run_dir}"], run_dir))
     assert (run_dir / "metrics.json").read_text() == before
 
+
+def test_a_task_eval_at_start_records_the_untrained_score_and_keeps_it_across_a_resume(run_dir: Path) -> None:
+    """`at_start: true` scores the starting model (step 0) as `<metric>_start` beside the final score; a resumed run
+    keeps the start score from its checkpoint instead of scoring the resumed model as its start."""
+    common = [*TINY, "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              "+callbacks.arith_eval._target_=src.callbacks.task_eval.ArithEval", "+callbacks.arith_eval.n_eval=6",
+              "+callbacks.arith_eval.max_new_tokens=4", "+callbacks.arith_eval.at_start=true"]
+    first = _fit(compose_cfg([*common, "trainer.max_steps=2"], run_dir))
+    cb = next(c for c in first.callbacks if type(c).__name__ == "ArithEval")
+    assert set(cb.summary_metrics()) >= {"arith/acc_start", "arith/well_formed_start", "arith/acc"}
+    start = cb.start
+    ckpt = resolve_ckpt_path("last", run_dir, run_dir.parent / "logs")
+    resumed = _fit(compose_cfg(common, run_dir), ckpt_path=ckpt)
+    again = next(c for c in resumed.callbacks if type(c).__name__ == "ArithEval")
+    assert resumed.global_step == 4 and again.start == start  # restored, not re-scored at step 2
+
 def test_fused_and_reference_losses_give_the_same_trajectory(tmp_path: Path) -> None:
     """20 steps with the chunked kernel vs materialised logits: the same run, up to float round-off."""
     common = [*TINY, "trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.limit_val_batches=1"]

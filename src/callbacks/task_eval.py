@@ -87,9 +87,10 @@ def logger_step(trainer: pl.Trainer) -> int:
 class _TaskEval(Callback, abc.ABC):
     prefix = "task"
 
-    def __init__(self, every_validation: bool = False) -> None:
-        self.every_validation = every_validation
+    def __init__(self, every_validation: bool = False, at_start: bool = False) -> None:
+        self.every_validation, self.at_start = every_validation, at_start
         self.results: dict[str, float] = {}
+        self.start: dict[str, float] = {}  # at_start: the untrained model's metrics, as `<name>_start`
 
     @abc.abstractmethod
     def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
@@ -116,12 +117,24 @@ class _TaskEval(Callback, abc.ABC):
         if self.every_validation and not trainer.sanity_checking:
             self._run(trainer, pl_module)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """`at_start`: the starting model's score (step 0, not on resume), so one run shows what training gained."""
+        if self.at_start and trainer.global_step == 0:
+            self._run(trainer, pl_module)
+            self.start = {f"{k}_start": v for k, v in self.results.items()}
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run(trainer, pl_module)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": dict(self.start)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.start = dict(state_dict.get("start", {}))
+
     def summary_metrics(self) -> dict[str, float]:
-        """Merged into metrics.json by RunArtifacts."""
-        return dict(self.results)
+        """Merged into metrics.json by RunArtifacts (with the `_start` metrics of `at_start`)."""
+        return {**self.start, **self.results}
 
 
 class LangGameEval(_TaskEval):
@@ -187,23 +200,31 @@ class AdditionEval(_TaskEval):
 
 class ArithEval(_TaskEval):
     """Greedy accuracy of the final answer on the held-out multi-step arithmetic questions (the ones
-    `ensure_arith_files` keeps out of every training file), per skill, plus the share of well-formed solutions."""
+    `ensure_arith_files` keeps out of every training file), per skill, plus the share of well-formed solutions.
+    `chat: true` asks each question as a user turn through the tokenizer's chat template (generation prompt
+    added), as the `sft_chat` records train a chat model to answer it."""
 
     prefix = "arith"
 
     def __init__(self, n_eval: int = 300, seed: int = 0, operands: Sequence[int] = (2, 4),
                  digits: Sequence[int] = (1, 2), max_new_tokens: int = 40, every_validation: bool = False,
-                 limit: int | None = None) -> None:
-        super().__init__(every_validation)
+                 limit: int | None = None, chat: bool = False, at_start: bool = False) -> None:
+        super().__init__(every_validation, at_start)
         from src.data.tasks.arith import eval_problems
 
         self.problems = eval_problems(n_eval, seed, tuple(operands), tuple(digits))[:limit]
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.chat = max_new_tokens, chat
+
+    def _prompt(self, tok: Any, question: str) -> list[int]:
+        if not self.chat:
+            return tok.encode(question)
+        return tok.encode(tok.hf.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                     add_generation_prompt=True))
 
     def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
         from src.data.tasks.arith import grade
 
-        got = greedy_answers(module, tok, [tok.encode(p.question) for p in self.problems], self.max_new_tokens)
+        got = greedy_answers(module, tok, [self._prompt(tok, p.question) for p in self.problems], self.max_new_tokens)
         grades = [grade(p, g) for p, g in zip(self.problems, got)]
         by_skill: dict[int, list[bool]] = defaultdict(list)
         for p, g in zip(self.problems, grades):
@@ -226,11 +247,11 @@ class RewardEval(_TaskEval):
 
     def __init__(self, path: str, reward: Any, prompt_field: str = "prompt", answer_field: str = "answer",
                  correct_at: float = 1.0, max_new_tokens: int = 64, every_validation: bool = False,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, at_start: bool = False) -> None:
         import json
         from pathlib import Path
 
-        super().__init__(every_validation)
+        super().__init__(every_validation, at_start)
         rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()][:limit]
         if not rows:
             raise ValueError(f"RewardEval: {path} holds no records; point it at a jsonl of held-out questions")

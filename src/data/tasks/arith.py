@@ -168,15 +168,16 @@ def ensure_arith_files(
     """Generate (once, cached, atomic) the task's files; none holds an evaluation question.
 
     pretrain: {"text": question + solution} (the corpus the BPE is trained on); sft: {"prompt", "response"} for
-    supervised training of the base policy; prompts: {"prompt", "answer", "skill"} — questions to sample or do RL on
-    (disjoint from the SFT questions, so sampling sees questions the SFT data did not solve); eval: the held-out
-    questions in the same form.
+    supervised training of the base policy; sft_chat: the same as chats, {"messages": [user question, assistant
+    solution]} (a chat model's SFT through its chat template, `experiment=sft/smollm2`); prompts: {"prompt",
+    "answer", "skill"}, questions to sample or do RL on (disjoint from the SFT questions, so sampling sees
+    questions the SFT data did not solve); eval: the held-out questions in the same form.
     """
     operands, digits = tuple(operands), tuple(digits)
     root = Path(cache_dir) / "tasks"
     tag = (f"arith-v{GENERATOR_VERSION}-n{n_train}-p{n_prompts}-e{n_eval}-s{seed}"
            f"-o{operands[0]}_{operands[1]}-d{digits[0]}_{digits[1]}")
-    paths = {k: root / f"{tag}-{k}.jsonl" for k in ("pretrain", "sft", "prompts", "eval")}
+    paths = {k: root / f"{tag}-{k}.jsonl" for k in ("pretrain", "sft", "sft_chat", "prompts", "eval")}
     if all(p.is_file() for p in paths.values()):
         return paths
     held = eval_problems(n_eval, seed, operands, digits)
@@ -199,6 +200,9 @@ def ensure_arith_files(
 
     atomic_write_lines(paths["pretrain"], [json.dumps({"text": p.question + p.solution()}) for p in sft])
     atomic_write_lines(paths["sft"], [json.dumps({"prompt": p.question, "response": p.solution()}) for p in sft])
+    atomic_write_lines(paths["sft_chat"], [json.dumps({"messages": [{"role": "user", "content": p.question},
+                                                                   {"role": "assistant", "content": p.solution()}]})
+                                           for p in sft])
     atomic_write_lines(paths["prompts"], [rl_row(p) for p in prompts])
     atomic_write_lines(paths["eval"], [rl_row(p) for p in held])
     return paths

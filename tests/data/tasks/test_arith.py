@@ -65,4 +65,7 @@ def test_files_hold_no_evaluation_question(tmp_path):
     for r in rows["prompts"][:50]:
         assert parse_question(r["prompt"]).answer == r["answer"]
         assert r["skill"] in (0, 1, 2)
+    for r, chat in zip(rows["sft"], rows["sft_chat"]):  # the same solutions, as a user turn and the answer
+        assert chat["messages"] == [{"role": "user", "content": r["prompt"]},
+                                    {"role": "assistant", "content": r["response"]}]
     assert ensure_arith_files(tmp_path, n_train=400, n_prompts=100, n_eval=50) == paths  # cached

@@ -34,6 +34,7 @@ class RunArtifacts(Callback):
         self._seen_step = 0
         self._micro: list[float] = []  # this optimizer step's micro-batch losses
         self._worked = False  # did this fit train or validate at all?
+        self._finished_before = False  # metrics.json of an earlier launch that reached max_steps (on_fit_start)
         self._trained = False  # did this fit run a training step?
 
     # ---- state travels with checkpoints ----------------------------------------------------------------
@@ -55,6 +56,11 @@ class RunArtifacts(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
         self._worked = self._trained = False
+        # a metrics.json from an earlier launch that reached max_steps: that run finished, final validation included
+        # (metrics.json is written after it); read now, before this fit's own on_fit_end may write one
+        written = Path(trainer.default_root_dir) / "metrics.json"
+        self._finished_before = bool(trainer.max_steps) and written.is_file() and \
+            json.loads(written.read_text()).get("steps", -1) >= trainer.max_steps
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seen_step = trainer.global_step  # a resumed run continues after its restored history
@@ -95,11 +101,9 @@ class RunArtifacts(Callback):
         and the newest recorded one is older. The runtime then validates once more (src/runtime/build.py)."""
         if self._trained or not trainer.max_steps or trainer.global_step < trainer.max_steps:
             return False
-        written = Path(trainer.default_root_dir) / "metrics.json"
-        if written.is_file() and json.loads(written.read_text()).get("steps", -1) >= trainer.global_step:
-            # the run finished: metrics.json is written after the final validation (on_fit_end), so a resume of a
-            # finished run (a two-stage run going on to stage 2) validates nothing again and keeps the run's
-            # numbers, including task metrics that are computed only at the end of training
+        if self._finished_before:
+            # the run had finished: a resume of it (a two-stage run going on to stage 2) validates nothing again and
+            # keeps the run's numbers, including task metrics that are computed only at the end of training
             return False
         if not trainer.limit_val_batches or (self.val_history and self.val_history[-1][0] >= trainer.global_step):
             return False

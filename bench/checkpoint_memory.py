@@ -24,14 +24,13 @@ import datetime as dt
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.kernels import _machine, _versions  # noqa: E402  (machine and version strings, shared)
+from bench.kernels import _machine, _versions, run_measured  # noqa: E402  (machine and version strings, shared)
 
 WORDS = ["apple", "river", "stone", "cloud", "music", "garden", "light", "paper", "window", "silver", "forest",
          "bridge", "candle", "ocean", "market", "winter", "pencil", "ladder", "mirror", "thunder"]
@@ -49,11 +48,10 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> None:
 
 
 def _run(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> tuple[int, float]:
-    """(exit status, max RSS in GiB) of one child."""
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20  # KiB -> GiB
+    """(exit status, max RSS in GiB) of one child; its output goes to `log`."""
+    rc, maxrss, text = run_measured(cmd, env, cwd)
+    log.write_text(text)
+    return rc, maxrss / 2**30
 
 
 def tokensmith_cmd(tree: Path, pairs: Path, out: Path, a: argparse.Namespace, save: bool) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.kernels import _machine, _versions  # noqa: E402  (machine and version strings, shared)
+from bench.kernels import _machine, _versions, run_measured  # noqa: E402  (machine and version strings, shared)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -100,24 +100,15 @@ def parent(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, impl: str) -> dict:
-    """One child process; its peak memory is its max RSS (os.wait4), as in bench/kernels.py."""
-    import os
-    import subprocess
-    import tempfile
-
+    """One child process; its peak memory is its max RSS (`run_measured`, bench/kernels.py)."""
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--pairs", str(args.pairs), "--seq", str(args.seq),
            "--prompt", str(args.prompt), "--v", str(args.v), "--d", str(args.d), "--reps", str(args.reps),
            "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryFile("w+") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        f.seek(0)
-        text = f.read()
+    rc, maxrss, text = run_measured(cmd)
     last = [ln for ln in text.splitlines() if ln.startswith("{")]
-    if os.waitstatus_to_exitcode(status) != 0 or not last:
+    if rc != 0 or not last:
         return {"ok": False, "error": (text.strip().splitlines() or ["no output"])[-1][:200]}
-    return {**json.loads(last[-1]), "maxrss_bytes": usage.ru_maxrss * 1024}
+    return {**json.loads(last[-1]), "maxrss_bytes": maxrss}
 
 
 def main() -> None:

@@ -130,23 +130,30 @@ def child(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parent process
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[int, int, str]:
+    """(exit status, max RSS in bytes, stdout + stderr) of one child process: the peak memory of every benchmark
+    here that runs its cases in subprocesses (`os.wait4`'s rusage; Linux reports KiB)."""
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0)
+        text = out.read()
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, text
+
+
 def _run_child(cfg: dict, impl: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--device", args.device, "--n", str(cfg["n"]),
            "--v", str(cfg["v"]), "--d", str(cfg["d"]), "--dtype", cfg["dtype"], "--reps", str(args.reps),
            "--warmup", str(args.warmup)] + (["--entropy"] if args.entropy else [])
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read()
+    rc, maxrss, text = run_measured(cmd)
     last = [ln for ln in text.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not last:
-        tail = text.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+    if rc != 0 or not last:
+        tail = text.strip().splitlines()[-1:] or [f"exit {rc}"]
         return {"ok": False, "error": tail[0][:200]}
     row = json.loads(last[-1])
-    row["maxrss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    row["maxrss_bytes"] = maxrss
     return row
 
 

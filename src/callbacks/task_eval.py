@@ -18,9 +18,11 @@ trainer's loggers and expose `summary_metrics()`, which `RunArtifacts` merges in
 from __future__ import annotations
 
 import abc
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -248,9 +250,6 @@ class RewardEval(_TaskEval):
     def __init__(self, path: str, reward: Any, prompt_field: str = "prompt", answer_field: str = "answer",
                  correct_at: float = 1.0, max_new_tokens: int = 64, every_validation: bool = False,
                  limit: int | None = None, at_start: bool = False) -> None:
-        import json
-        from pathlib import Path
-
         super().__init__(every_validation, at_start)
         rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()][:limit]
         if not rows:

@@ -1,5 +1,5 @@
 """The SmolLM2 + LoRA experiments run from their one command: `debug=smoke` trains a few steps on a few questions
-and writes the metrics that show learning in the full run (`heavy`: each loads the 135M model, ~1 min)."""
+and writes the metrics that show learning in the full run (`heavy`: each loads the 135M model, 1-3 min)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,25 @@ def test_sft_smollm2_is_chat_sft_with_lora_scored_before_and_after(tmp_path: Pat
     cfg = yaml.safe_load((run / "config_resolved.yaml").read_text())
     assert cfg["data"]["stage"] == "sft_chat" and cfg["model"]["lora"]["r"] == 16
     assert cfg["callbacks"]["arith_eval"]["chat"] is True
+
+
+def test_grpo_smollm2_runs_chat_sft_then_grpo_on_chat_prompts(tmp_path: Path) -> None:
+    small = ["finetune.data.batch_size=2", "finetune.method.num_generations=4", "finetune.method.max_new_tokens=12",
+             "callbacks.arith_eval.max_new_tokens=12"]  # a smaller GRPO stage: the wiring is what is tested
+    run = train_subprocess(tmp_path / "run", ["experiment=grpo/smollm2", *SMOKE, *small], timeout=900)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"arith/acc", "finetune/arith/acc", "finetune/train/reward_last10"} <= set(metrics)
+    cfg = yaml.safe_load((run / "finetune" / "config_resolved.yaml").read_text())
+    assert cfg["data"]["stage"] == "prompts_chat" and cfg["data"]["format"] == "prompt"
+    assert cfg["model"]["lora"]["r"] == 16 and cfg["callbacks"]["arith_eval"]["chat"] is True
+    assert cfg["method"]["optimizer"]["lr"] < 1e-3  # the GRPO stage's own lr, not the SFT stage's
+
+
+def test_dpo_smollm2_runs_chat_sft_then_dpo_against_the_sft_model(tmp_path: Path) -> None:
+    small = ["finetune.trainer.limit_val_batches=1", "callbacks.arith_eval.max_new_tokens=12"]
+    run = train_subprocess(tmp_path / "run", ["experiment=dpo/smollm2", *SMOKE, *small], timeout=900)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"arith/acc", "finetune/arith/acc", "finetune/val/rewards/accuracy"} <= set(metrics)
+    cfg = yaml.safe_load((run / "finetune" / "config_resolved.yaml").read_text())
+    assert cfg["data"]["stage"] == "preference_chat" and cfg["data"]["format"] == "preference"
+    assert cfg["method"]["reference"] == "copy"  # the SFT model, not the adapter-free base

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from src.callbacks.artifacts import RunArtifacts
+from src.callbacks.task_eval import _TaskEval
 from src.report.collect import read_csv_curves
 from src.runtime.build import build_components
 from src.runtime.checkpoints import resolve_ckpt_path
@@ -159,6 +161,33 @@ def test_a_task_eval_at_start_records_the_untrained_score_and_keeps_it_across_a_
     resumed = _fit(compose_cfg(common, run_dir), ckpt_path=ckpt)
     again = next(c for c in resumed.callbacks if type(c).__name__ == "ArithEval")
     assert resumed.global_step == 4 and again.start == start  # restored, not re-scored at step 2
+
+class CountingEval(_TaskEval):
+    """A task evaluation that counts the weights it scored (their global steps)."""
+
+    def __init__(self, every_validation: bool = False) -> None:
+        super().__init__(every_validation=every_validation)
+        self.steps: list[int] = []
+        self.step = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.step = trainer.global_step
+
+    def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
+        self.steps.append(self.step)
+        return {"score": float(self.step)}
+
+
+def test_a_task_eval_scores_each_weights_once(run_dir: Path) -> None:
+    """With `every_validation`, the final validation already scored the final weights: the end of training does
+    not decode them again (it used to, a minute per SmolLM2 run); without it, the end of training scores them."""
+    common = [*TINY, "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              f"+callbacks.count._target_={__name__}.CountingEval"]
+    every = _fit(compose_cfg([*common, "+callbacks.count.every_validation=true"], run_dir / "a"))
+    assert next(c for c in every.callbacks if isinstance(c, CountingEval)).steps == [2, 4]
+    end = _fit(compose_cfg(common, run_dir / "b"))
+    assert next(c for c in end.callbacks if isinstance(c, CountingEval)).steps == [4]
+
 
 def test_fused_and_reference_losses_give_the_same_trajectory(tmp_path: Path) -> None:
     """20 steps with the chunked kernel vs materialised logits: the same run, up to float round-off."""

@@ -28,6 +28,7 @@ class RunArtifacts(Callback):
         self.sample_temperature = sample_temperature
         self.train_history: list[tuple[int, float]] = []  # (step, loss)
         self.val_history: list[tuple[int, float]] = []
+        self.val_metrics: dict[str, float] = {}  # the last validation's val/* metrics other than the loss
         self.throughput: list[float] = []
         self._start = 0.0
         self._elapsed_before = 0.0
@@ -42,6 +43,7 @@ class RunArtifacts(Callback):
         return {
             "train_history": self.train_history,
             "val_history": self.val_history,
+            "val_metrics": self.val_metrics,
             "throughput": self.throughput,
             "elapsed": self._elapsed_before + (time.perf_counter() - self._start if self._start else 0.0),
         }
@@ -49,6 +51,7 @@ class RunArtifacts(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_history = [tuple(x) for x in state_dict["train_history"]]
         self.val_history = [tuple(x) for x in state_dict["val_history"]]
+        self.val_metrics = dict(state_dict.get("val_metrics", {}))
         self.throughput = list(state_dict.get("throughput", []))
         self._elapsed_before = float(state_dict.get("elapsed", 0.0))
 
@@ -94,6 +97,9 @@ class RunArtifacts(Callback):
         if val is not None and not trainer.sanity_checking:
             self._worked = True
             self.val_history.append((trainer.global_step, float(val)))
+            # the objective's own held-out metrics beside its loss (DPO's val/rewards/accuracy, margins, ...)
+            self.val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                                if k.startswith("val/") and k != "val/loss" and v.numel() == 1}
 
     def final_validation_missing(self, trainer: pl.Trainer) -> bool:
         """True for a run resumed at its last step whose validation there never finished (killed during the final
@@ -149,7 +155,10 @@ class RunArtifacts(Callback):
             "train/loss_last10": sum(tail) / len(tail) if tail else None,
             "train/loss_last": tail[-1] if tail else None,
             "val/loss": val,
-            "val/ppl": math.exp(min(val, 30.0)) if val is not None else None,
+            # exp(loss) is a perplexity only for token-level NLL objectives (not DPO's or GRPO's loss)
+            "val/ppl": (math.exp(min(val, 30.0)) if val is not None
+                        and getattr(trainer.lightning_module, "reports_perplexity", True) else None),
+            **{k: v for k, v in self.val_metrics.items() if k != "val/ppl"},
             "train/tokens_per_s_median": rates[len(rates) // 2],
             "wall_time_s": round(self._elapsed_before + time.perf_counter() - self._start, 2),
             "run_dir": str(trainer.default_root_dir),

@@ -93,6 +93,7 @@ class _TaskEval(Callback, abc.ABC):
         self.every_validation, self.at_start = every_validation, at_start
         self.results: dict[str, float] = {}
         self.start: dict[str, float] = {}  # at_start: the untrained model's metrics, as `<name>_start`
+        self._scored_step: int | None = None  # the global step whose weights `results` scored
 
     @abc.abstractmethod
     def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
@@ -109,6 +110,7 @@ class _TaskEval(Callback, abc.ABC):
         finally:
             pl_module.train(was_training)
         self.results = {f"{self.prefix}/{k}": float(v) for k, v in res.items()}
+        self._scored_step = trainer.global_step
         for lg in trainer.loggers:
             lg.log_metrics(self.results, step=logger_step(trainer))
         for k, v in self.results.items():
@@ -126,7 +128,10 @@ class _TaskEval(Callback, abc.ABC):
             self.start = {f"{k}_start": v for k, v in self.results.items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module)
+        """The final score, unless the last validation (`every_validation`) already scored these weights: greedy
+        decoding would repeat it exactly (a minute of SmolLM2 decoding on CPU)."""
+        if self._scored_step != trainer.global_step:
+            self._run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": dict(self.start)}

@@ -90,6 +90,9 @@ def test_dpo_learns_the_preference_end_to_end(tmp_path: Path, run_dir: Path) -> 
     assert metrics["train/loss_last10"] < 0.3 * math.log(2)  # the last 10 steps' pair loss
     assert float(trainer.callback_metrics["val/rewards/accuracy"]) > 0.8  # held-out pairs ranked right
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+    # metrics.json keeps the held-out pair metrics of the last validation, and no "perplexity" of a pair loss
+    assert metrics["val/rewards/accuracy"] == pytest.approx(float(trainer.callback_metrics["val/rewards/accuracy"]))
+    assert {"val/rewards/margin", "val/logps/chosen"} <= set(metrics) and metrics["val/ppl"] is None
 
 
 

@@ -40,3 +40,26 @@ def test_bad_prompt_records_are_one_clear_error(tmp_path: Path) -> None:
         module(tmp_path, [{"prompt": "1+2=", "answer": 3, "skill": "easy"}]).setup()
     with pytest.raises(DataError, match="drop_long_prompts"):
         module(tmp_path, [{"prompt": "1+2+3+4+5+6+7+8+9+10+11+12=", "answer": 78}]).setup()
+
+
+def test_chat_prompts_render_through_the_chat_template_up_to_the_assistant_turn(bpe) -> None:
+    """A chat prompt (TRL's conversational form) is what the chat model sees at generation: its template with the
+    generation prompt; that rendered text is also the `prompt` the reward reads. Without a template: one error."""
+    from src.data.formats.prompt import PromptTokenize
+    from src.data.tokenizer import load_pretrained
+
+    chat = [{"role": "user", "content": "12+34+5="}]
+    batch = {"prompt": [chat, "7+8="], "answer": ["51", "15"], "skill": [1, 0]}
+    tok = load_pretrained("smollm2-135m")
+    out = PromptTokenize(tok, "prompt", "answer", "skill", 64, drop_long=False)(batch, [0, 1])
+    rendered = tok.hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>assistant\n") and "12+34+5=" in rendered
+    assert out["prompt"] == [rendered, "7+8="]  # a text prompt stays as it is
+    assert out["input_ids"] == [tok.encode(rendered), tok.encode("7+8=")]
+    with pytest.raises(DataError, match="chat template"):  # a tokenizer trained on the data has none
+        PromptTokenize(bpe, "prompt", "answer", "skill", 64, drop_long=False)(batch, [0, 1])
+
+
+def test_a_chat_prompt_must_be_role_content_messages(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"prompt\[0\] must be"):
+        module(tmp_path, [{"prompt": [{"role": "user"}], "answer": 3}]).setup()

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from src.data.collate import pad_items
 from src.data.errors import DataError
 from src.data.formats.base import DataFormat, MapFn, record_keys, require_str, with_end
-from src.data.formats.sft import require_messages
+from src.data.formats.sft import chat_prompt_text, require_messages
 from src.data.packing import IGNORE_INDEX
 from src.data.sources import Locations, locate
 from src.data.tokenizer import Tokenizer
@@ -271,7 +271,4 @@ class PreferenceFormat(DataFormat):
         return PairCollator(tok.pad_id)
 
     def sample_prompt(self, rec: Mapping[str, Any], tok: Tokenizer) -> str:
-        prompt = rec[self.names["prompt"]]
-        if isinstance(prompt, str):
-            return prompt
-        return tok.hf.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return chat_prompt_text(tok, rec[self.names["prompt"]], "a sample prompt")

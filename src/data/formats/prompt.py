@@ -1,7 +1,11 @@
 """`prompt`: prompt-only records for reinforcement learning, `{prompt, answer, skill?}` -> batches of prompts.
 
 RL objectives (method=grpo) sample their own completions, so a record is only the question and what a verifiable
-reward needs to check an answer. Field names: `data.prompt_field` (default `prompt`) and, in
+reward needs to check an answer. The prompt is a string, or a chat (a list of `{role, content}` messages, as TRL's
+conversational prompts): a chat is rendered through the tokenizer's chat template with the generation prompt, so
+a chat model answers as its assistant, and that rendered text is the `prompt` the reward sees.
+
+Field names: `data.prompt_field` (default `prompt`) and, in
 `data.format_options`, `answer_field` (default `answer`, any JSON scalar, kept as text) and `skill_field` (default
 `skill`, an optional integer such as the number of operands; -1 when absent).
 
@@ -25,6 +29,7 @@ from torch.utils.data import Dataset
 
 from src.data.errors import DataError
 from src.data.formats.base import DataFormat, MapFn, record_keys, require_str
+from src.data.formats.sft import chat_prompt_text, require_messages
 from src.data.sources import Locations, locate
 from src.data.tokenizer import Tokenizer
 from src.data.transforms import tokenizer_fingerprint
@@ -45,6 +50,8 @@ class PromptTokenize:
         out: dict[str, list[Any]] = {"input_ids": [], "prompt": [], "answer": [], "skill": []}
         for j, idx in enumerate(indices):
             prompt = batch[self.prompt_field][j]
+            if not isinstance(prompt, str):  # a chat
+                prompt = chat_prompt_text(self.tok, prompt, locate(self.locations, idx))
             ids = self.tok.encode(prompt)
             if not ids or len(ids) > self.seq_len:
                 if self.drop:
@@ -118,7 +125,10 @@ class PromptFormat(DataFormat):
 
     def project(self, rec: Any, where: str) -> dict[str, Any]:
         keys = record_keys(rec, where)
-        prompt = require_str(rec, self.fields.prompt, where, keys, "data.prompt_field")
+        if isinstance(rec.get(self.fields.prompt), list):  # a chat
+            prompt = require_messages(rec[self.fields.prompt], self.fields.prompt, where, need_assistant=False)
+        else:
+            prompt = require_str(rec, self.fields.prompt, where, keys, "data.prompt_field")
         a, s = self.answer_field, self.skill_field
         if a not in rec or rec[a] is None:
             raise DataError(f'{where}: field "{a}" is missing (found keys: {keys}); a prompt record needs the answer '
@@ -142,7 +152,7 @@ class PromptFormat(DataFormat):
 
     # -- tokenizer and tokenization --------------------------------------------------------------------------------
     def training_texts(self, ds: datasets.Dataset) -> list[str]:
-        return list(ds[self.fields.prompt])
+        return [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in ds[self.fields.prompt]]
 
     def tokenize_fn(self, tok: Tokenizer, locations: Locations | None) -> MapFn:
         s = self.settings
@@ -163,4 +173,4 @@ class PromptFormat(DataFormat):
 
     # -- generation ------------------------------------------------------------------------------------------------
     def sample_prompt(self, rec: Mapping[str, Any], tok: Tokenizer) -> str:
-        return rec[self.fields.prompt]
+        return chat_prompt_text(tok, rec[self.fields.prompt], "a sample prompt")

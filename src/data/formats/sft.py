@@ -164,6 +164,16 @@ def require_messages(val: Any, field: str, where: str, need_assistant: bool = Tr
     return out
 
 
+def chat_prompt_text(tok: Tokenizer, prompt: str | list[dict[str, str]], where: str) -> str:
+    """A text prompt as it is; a chat rendered by the tokenizer's chat template up to the assistant's turn."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tok.hf, "chat_template", None):
+        raise DataError(f"{where}: a chat prompt needs a tokenizer with a chat template, and this one has none; use "
+                        "text prompts or a pretrained tokenizer with a chat template (data.tokenizer.pretrained)")
+    return tok.hf.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
 class SFTFormat(DataFormat):
     """Prompt-masked fine-tuning records, one per row, right-padded per batch (module docstring)."""
 
@@ -241,5 +251,5 @@ class SFTFormat(DataFormat):
         if rec.get(f.messages):
             msgs = rec[f.messages]
             last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            return tok.hf.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
+            return chat_prompt_text(tok, msgs[:last], "a sample prompt")
         return rec[f.prompt]

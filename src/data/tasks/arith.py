@@ -64,6 +64,20 @@ class Problem:
             acc += x
         return " ".join(steps) + f" #{acc}"
 
+    def wrong_solution(self, rng: random.Random) -> str:
+        """A well-formed solution with one arithmetic slip: a random step's result is off by 1..9 (never below 0)
+        and the later steps carry the wrong value on correctly, so the final answer is wrong too. The rejected
+        response of the task's preference pairs: it differs from `solution()` from the slip on."""
+        slip = rng.randrange(len(self.operands) - 1)
+        steps, acc = [], self.operands[0]
+        for i, x in enumerate(self.operands[1:]):
+            result = acc + x
+            if i == slip:
+                result += rng.choice([d for d in range(-9, 10) if d and result + d >= 0])
+            steps.append(f"{acc}+{x}={result}")
+            acc = result
+        return " ".join(steps) + f" #{acc}"
+
 
 def parse_question(question: str) -> Problem | None:
     """The problem a question text asks, or None when it is not one of ours."""
@@ -171,13 +185,17 @@ def ensure_arith_files(
     supervised training of the base policy; sft_chat: the same as chats, {"messages": [user question, assistant
     solution]} (a chat model's SFT through its chat template, `experiment=sft/smollm2`); prompts: {"prompt",
     "answer", "skill"}, questions to sample or do RL on (disjoint from the SFT questions, so sampling sees
-    questions the SFT data did not solve); eval: the held-out questions in the same form.
+    questions the SFT data did not solve); prompts_chat: the same questions as user turns (GRPO on a chat model,
+    `experiment=grpo/smollm2`); preference_chat: a pair per prompts question, the correct solution chosen and one
+    with an arithmetic slip rejected (`Problem.wrong_solution`, `experiment=dpo/smollm2`); eval: the held-out
+    questions in the same form as prompts.
     """
     operands, digits = tuple(operands), tuple(digits)
     root = Path(cache_dir) / "tasks"
     tag = (f"arith-v{GENERATOR_VERSION}-n{n_train}-p{n_prompts}-e{n_eval}-s{seed}"
            f"-o{operands[0]}_{operands[1]}-d{digits[0]}_{digits[1]}")
-    paths = {k: root / f"{tag}-{k}.jsonl" for k in ("pretrain", "sft", "sft_chat", "prompts", "eval")}
+    paths = {k: root / f"{tag}-{k}.jsonl"
+             for k in ("pretrain", "sft", "sft_chat", "prompts", "prompts_chat", "preference_chat", "eval")}
     if all(p.is_file() for p in paths.values()):
         return paths
     held = eval_problems(n_eval, seed, operands, digits)
@@ -195,15 +213,24 @@ def ensure_arith_files(
 
     sft, prompts = fresh(n_train), fresh(n_prompts)
 
+    def user(p: Problem) -> dict[str, str]:
+        return {"role": "user", "content": p.question}
+
     def rl_row(p: Problem) -> str:
         return json.dumps({"prompt": p.question, "answer": p.answer, "skill": p.skill})
 
     atomic_write_lines(paths["pretrain"], [json.dumps({"text": p.question + p.solution()}) for p in sft])
     atomic_write_lines(paths["sft"], [json.dumps({"prompt": p.question, "response": p.solution()}) for p in sft])
-    atomic_write_lines(paths["sft_chat"], [json.dumps({"messages": [{"role": "user", "content": p.question},
-                                                                   {"role": "assistant", "content": p.solution()}]})
+    atomic_write_lines(paths["sft_chat"], [json.dumps({"messages": [user(p), {"role": "assistant",
+                                                                             "content": p.solution()}]})
                                            for p in sft])
     atomic_write_lines(paths["prompts"], [rl_row(p) for p in prompts])
+    atomic_write_lines(paths["prompts_chat"], [json.dumps({"prompt": [user(p)], "answer": p.answer, "skill": p.skill})
+                                               for p in prompts])
+    slips = random.Random(seed * 104729 + 3)  # its own stream: the other files do not depend on it
+    atomic_write_lines(paths["preference_chat"], [json.dumps({
+        "prompt": [user(p)], "chosen": [{"role": "assistant", "content": p.solution()}],
+        "rejected": [{"role": "assistant", "content": p.wrong_solution(slips)}]}) for p in prompts])
     atomic_write_lines(paths["eval"], [rl_row(p) for p in held])
     return paths
 

@@ -69,3 +69,38 @@ def test_files_hold_no_evaluation_question(tmp_path):
         assert chat["messages"] == [{"role": "user", "content": r["prompt"]},
                                     {"role": "assistant", "content": r["response"]}]
     assert ensure_arith_files(tmp_path, n_train=400, n_prompts=100, n_eval=50) == paths  # cached
+
+
+def test_chat_prompts_and_pairs_ask_the_prompts_questions(tmp_path):
+    """prompts_chat asks the prompts file's questions as user turns; each preference pair chooses the correct
+    solution and rejects a well-formed one with a single slip (its first wrong step is a real step, and its answer
+    is wrong), so DPO on them prefers right arithmetic, not a format."""
+    paths = ensure_arith_files(tmp_path, n_train=50, n_prompts=200, n_eval=20)
+    rows = {k: [json.loads(line) for line in paths[k].read_text().splitlines()]
+            for k in ("prompts", "prompts_chat", "preference_chat")}
+    for plain, chat, pair in zip(rows["prompts"], rows["prompts_chat"], rows["preference_chat"]):
+        user = [{"role": "user", "content": plain["prompt"]}]
+        assert chat == {"prompt": user, "answer": plain["answer"], "skill": plain["skill"]}
+        assert pair["prompt"] == user
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
+        assert grade(plain["prompt"], chosen).correct
+        bad = grade(plain["prompt"], rejected)
+        assert bad.well_formed and not bad.correct
+        assert bad.first_wrong_step < plain["skill"] + 1  # a step slipped, not only the stated answer
+    slips = [grade(r["prompt"][0]["content"], r["rejected"][0]["content"]).first_wrong_step
+             for r in rows["preference_chat"] if r["prompt"][0]["content"].count("+") == 3]
+    assert set(slips) == {0, 1, 2}  # the slip falls on every step of a 3-step solution
+
+
+def test_a_wrong_solution_carries_its_slip_on_correctly():
+    """Exactly one step adds wrongly, each step starts from the previous step's (possibly wrong) result, and the
+    stated answer is the last result."""
+    problem = Problem((12, 34, 5, 60))
+    for seed in range(20):
+        *steps, answer = problem.wrong_solution(random.Random(seed)).split()
+        parsed = [tuple(int(x) for x in step.replace("=", "+").split("+")) for step in steps]  # (a, b, result)
+        assert [b for _, b, _ in parsed] == [34, 5, 60]
+        assert parsed[0][0] == 12 and all(parsed[i + 1][0] == parsed[i][2] for i in range(2))
+        assert sum(a + b != r for a, b, r in parsed) == 1
+        assert answer == f"#{parsed[-1][2]}" and parsed[-1][2] != problem.answer

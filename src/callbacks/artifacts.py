@@ -28,7 +28,7 @@ class RunArtifacts(Callback):
         self.sample_temperature = sample_temperature
         self.train_history: list[tuple[int, float]] = []  # (step, loss)
         self.val_history: list[tuple[int, float]] = []
-        self.val_metrics: dict[str, float] = {}  # the last validation's val/* metrics other than the loss
+        self.val_metrics: dict[str, float] = {}  # the last validation's val/* metrics but loss and ppl
         self.throughput: list[float] = []
         self._start = 0.0
         self._elapsed_before = 0.0
@@ -99,7 +99,7 @@ class RunArtifacts(Callback):
             self.val_history.append((trainer.global_step, float(val)))
             # the objective's own held-out metrics beside its loss (DPO's val/rewards/accuracy, margins, ...)
             self.val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                                if k.startswith("val/") and k != "val/loss" and v.numel() == 1}
+                                if k.startswith("val/") and k not in ("val/loss", "val/ppl") and v.numel() == 1}
 
     def final_validation_missing(self, trainer: pl.Trainer) -> bool:
         """True for a run resumed at its last step whose validation there never finished (killed during the final
@@ -158,7 +158,7 @@ class RunArtifacts(Callback):
             # exp(loss) is a perplexity only for token-level NLL objectives (not DPO's or GRPO's loss)
             "val/ppl": (math.exp(min(val, 30.0)) if val is not None
                         and getattr(trainer.lightning_module, "reports_perplexity", True) else None),
-            **{k: v for k, v in self.val_metrics.items() if k != "val/ppl"},
+            **self.val_metrics,
             "train/tokens_per_s_median": rates[len(rates) // 2],
             "wall_time_s": round(self._elapsed_before + time.perf_counter() - self._start, 2),
             "run_dir": str(trainer.default_root_dir),

@@ -110,8 +110,9 @@ def run(module: str, out: Path, timeout: float) -> None:
 
 
 def survivors(out: Path, module: str) -> str:
-    """cosmic-ray's own report of a session: every mutant, the surviving ones with their diffs."""
-    return subprocess.run([tool("cr-report"), str(session(out, module))], capture_output=True, text=True).stdout
+    """cosmic-ray's own report of a session: the surviving mutants only, each with its diff."""
+    cmd = [tool("cr-report"), "--surviving-only", "--show-diff", str(session(out, module))]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout
 
 
 def table(out: Path, modules: list[str]) -> str:

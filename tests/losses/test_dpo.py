@@ -89,3 +89,69 @@ def test_contrastive_scores_match_the_worked_example_and_dense_logits() -> None:
     dense = torch.softmax(3 * (hp @ wp.T + bp) - 2 * (hn @ wn.T + bn), -1)  # [5, 11]
     want = dense.gather(1, y.clamp(min=0)[:, None])[:, 0] * (y != -100)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def _dense_scores(hp, hn, wp, wn, y, b, bp=None, bn=None, ignore_index=-100):
+    """softmax((1 + b)·z_pos − b·z_neg)[y] with the [.., V] logits written out; 0 on ignored targets."""
+    zp, zn = hp @ wp.T, hn @ wn.T  # [..., V]
+    zp = zp if bp is None else zp + bp
+    zn = zn if bn is None else zn + bn
+    s = torch.softmax((1 + b) * zp - b * zn, -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
+    return s * (y != ignore_index)
+
+
+@pytest.mark.parametrize("head", ["shared", "distinct", "distinct_swapped"])
+@pytest.mark.parametrize("b", [0.0, 0.5, 2.0])
+def test_contrastive_scores_equal_dense_logits_for_every_head_and_strength(head: str, b: float) -> None:
+    """[B, T, d] hidden states (not only [N, d]), V != d, a random head: the one-product path of a shared head and
+    the concatenated path of two heads (in both argument orders: the shared-head test must not depend on which
+    tensor sits lower in memory) both equal the dense formula."""
+    g = torch.Generator().manual_seed(1)
+    hp, hn = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)  # [B, T, d]
+    wp, wn = torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g)  # [V, d]
+    if head == "shared":
+        wn = wp
+    elif head == "distinct_swapped":
+        wp, wn = wn, wp
+    y = torch.tensor([[0, 6, 3], [1, -100, 5]])  # [B, T]
+    got = contrastive_token_scores(hp, hn, wp, wn, y, b=b)
+    assert got.shape == (2, 3)
+    torch.testing.assert_close(got, _dense_scores(hp, hn, wp, wn, y, b), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["pos", "neg", "both"])
+def test_contrastive_scores_with_one_bias_or_both(which: str) -> None:
+    """A model with an output bias on one side only (the other counts as a zero bias of length V, not d)."""
+    g = torch.Generator().manual_seed(2)
+    hp, hn = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    wp, wn = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
+    bp = torch.randn(8, generator=g) if which in ("pos", "both") else None
+    bn = torch.randn(8, generator=g) if which in ("neg", "both") else None
+    y = torch.tensor([0, 7, 2, 5, 4])
+    got = contrastive_token_scores(hp, hn, wp, wn, y, b=1.5, bias_pos=bp, bias_neg=bn)
+    torch.testing.assert_close(got, _dense_scores(hp, hn, wp, wn, y, 1.5, bp, bn), atol=1e-6, rtol=1e-5)
+
+
+def test_contrastive_scores_ignore_index_inside_the_vocabulary_zeroes_only_that_id() -> None:
+    g = torch.Generator().manual_seed(3)
+    hp, hn, w = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(6, 3, generator=g)
+    y = torch.tensor([1, 3, 5, 3])
+    got = contrastive_token_scores(hp, hn, w, w, y, ignore_index=3)
+    assert got[1] == 0 and got[3] == 0 and bool((got[[0, 2]] > 0).all())
+    torch.testing.assert_close(got, _dense_scores(hp, hn, w, w, y, 1.0, ignore_index=3), atol=1e-6, rtol=1e-5)
+
+
+def test_contrastive_scores_refuse_bad_input_and_keep_no_graph() -> None:
+    w = torch.randn(5, 3, requires_grad=True)
+    h = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    for a, c in [(torch.randn(4, 3), torch.randn(5, 3)), (torch.randn(5, 3), torch.randn(4, 3))]:
+        with pytest.raises(ValueError, match="hidden states disagree"):
+            contrastive_token_scores(a, c, w, w, y)
+    with pytest.raises(ValueError, match="b must be >= 0"):
+        contrastive_token_scores(h, h, w, w, y, b=-0.5)
+    with pytest.raises(TypeError):  # b is keyword-only: a positional 1.0 must not be read as something else
+        contrastive_token_scores(h, h, w, w, y, 1.0)  # type: ignore[misc]
+    s = contrastive_token_scores(h, h, w, w, y, b=0.0)  # b = 0: plain softmax of the positive model
+    assert not s.requires_grad  # scores are fixed weights of the DPO loss: no graph back into either model
+    torch.testing.assert_close(s, torch.softmax(h @ w.T, -1).gather(1, y[:, None])[:, 0].detach())

@@ -13,7 +13,7 @@ the same model and batch and stops. Times are medians of `--reps` steps after `-
     python bench/dpo.py                 # CPU, ~3 min on 2 cores
     python bench/dpo.py --pairs 2 --seq 512
 
-Prints a markdown table; appends JSON rows to bench/results/dpo-<time>.json.
+Prints a markdown table; writes JSON rows to bench/results/dpo-<time>.json (`--out` another folder).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    backbone = CompactTransformer(vocab_size=args.v, d_model=args.d, n_layers=1, n_heads=args.d // 64,
+    backbone = CompactTransformer(vocab_size=args.v, d_model=args.d, n_layers=1, n_heads=max(1, args.d // 64),
                                   max_seq_len=args.seq)
     module = DPOModule(backbone, optimizer=torch.optim.AdamW, beta=0.1, reference="copy",
                        kernel_impl="chunked" if args.impl == "baseline" else args.impl)
@@ -92,7 +92,7 @@ def parent(args: argparse.Namespace) -> None:
         else:
             print(f"| {impl} | failed: {r.get('error')} | | | |", flush=True)
         rows.append(row)
-    out = ROOT / "bench" / "results"
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"dpo-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(rows, indent=1))
@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder of the result json")
     args = ap.parse_args()
     child(args) if args.child else parent(args)
 

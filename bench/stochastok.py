@@ -15,7 +15,8 @@
    (docs/stochastok.md), so a p > 0 epoch has more, emptier rows than p = 0, i.e. fewer problems per step. Reports
    the row count relative to p = 0 and the mean fill of the expanded rows (epoch 0).
 
-Prints a markdown table and writes bench/results/stochastok-<time>.json. Shared CPUs: read the ratios.
+Prints a markdown table and writes bench/results/stochastok-<time>.json (`--out`: another folder). Shared CPUs:
+read the ratios.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--wait-p", type=float, nargs="+", default=[0.0, 0.3], help="StochasTok rates for the wait part")
     ap.add_argument("--skip-packing", action="store_true")
     ap.add_argument("--packing-p", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder of the result json")
     args = ap.parse_args()
     rows = [r for p in args.p for r in bench_expand(args.lengths, p, args.repeats)]
     print("| length | p | ours (tok/s) | reference (tok/s) | speedup |\n|---:|---:|---:|---:|---:|")
@@ -168,7 +170,7 @@ def main() -> None:
         print("\n| addition, p | rows per epoch | vs p=0 | mean fill after expansion |\n|---:|---:|---:|---:|")
     for r in packing:
         print(f"| {r['p']} | {r['rows']} | {r['rows_over_p0']:.2f}x | {100 * r['mean_fill']:.0f}% |")
-    out = ROOT / "bench" / "results" / f"stochastok-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out = args.out / f"stochastok-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "date": datetime.now().isoformat()}
     out.write_text(json.dumps({**meta, "torch": torch.__version__, "expand": rows, "addition_wait": wait,

@@ -59,3 +59,26 @@ def test_checkpoint_memory_bench_on_smollm2() -> None:
     text = _run(["bench/checkpoint_memory.py", "--steps", "1", "--batch", "1", "--seq", "32", "--pairs-n", "8",
                  "--skip-trl"])
     assert "| tokensmith, saving |" in text and "| tokensmith, no checkpoint | " in text
+
+
+def test_kernels_bench(tmp_path: Path) -> None:
+    text = _run(["bench/kernels.py", "--n", "16", "--v", "64", "--d", "8", "--impls", "reference,chunked", "--reps",
+                 "1", "--out", str(tmp_path)])
+    assert "| reference |" in text and "| chunked |" in text and "failed" not in text
+    assert list(tmp_path.glob("kernels-cpu-*.json"))
+
+
+def test_dpo_bench(tmp_path: Path) -> None:
+    """Toy head sizes (d < 64 once divided by zero for the head count) and a result file outside the repository."""
+    text = _run(["bench/dpo.py", "--pairs", "1", "--seq", "16", "--prompt", "4", "--v", "64", "--d", "32", "--reps",
+                 "1", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)])
+    assert "| materialised logits |" in text and "| fused (chunked) |" in text and "failed" not in text
+    assert list(tmp_path.glob("dpo-*.json"))
+
+
+def test_stochastok_bench(tmp_path: Path) -> None:
+    """The benchmark that broke silently when the objective refactor removed `_loss` (found running the docs)."""
+    text = _run(["bench/stochastok.py", "--lengths", "64", "--p", "0.5", "--repeats", "1", "--wait-p", "0.3",
+                 "--packing-p", "0.3", "--out", str(tmp_path)])
+    assert "| 64 | 0.5 |" in text and "| 0.3 |" in text and "data/step" in text
+    assert list(tmp_path.glob("stochastok-*.json"))

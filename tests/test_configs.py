@@ -11,8 +11,10 @@ from src.runtime.build import build_components
 from tests.helpers import EXPERIMENTS, compose_cfg
 
 
-def test_every_experiment_is_collected() -> None:
+def test_every_experiment_is_collected_and_listed_in_the_readme() -> None:
     assert "quickstart" in EXPERIMENTS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [e for e in EXPERIMENTS if f"`{e}`" not in readme] == []  # the README's `experiment` row names them all
 
 
 # the SmolLM2 experiment loads the 135M model (~30 s): CI runs it with the heavy tests

@@ -1,5 +1,6 @@
 """The SmolLM2 + LoRA experiments run from their one command: `debug=smoke` trains a few steps on a few questions
-and writes the metrics that show learning in the full run (`heavy`: each loads the 135M model, 1-3 min)."""
+and writes the metrics that show learning in the full run (`heavy`: each loads the 135M model, 1-4 min; the cDPO
+recipe loads it once per stage)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,23 @@ def test_dpo_smollm2_runs_chat_sft_then_dpo_against_the_sft_model(tmp_path: Path
     cfg = yaml.safe_load((run / "finetune" / "config_resolved.yaml").read_text())
     assert cfg["data"]["stage"] == "preference_chat" and cfg["data"]["format"] == "preference"
     assert cfg["method"]["reference"] == "copy"  # the SFT model, not the adapter-free base
+
+
+def test_cdpo_smollm2_runs_every_stage_with_lora_and_skips_the_contrastive_models_decoding(tmp_path: Path) -> None:
+    small = ["callbacks.arith_eval.max_new_tokens=12"]
+    run = train_subprocess(tmp_path / "run", ["experiment=cdpo/smollm2", *SMOKE, *small], timeout=900)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"sft/arith/acc", "dpo/arith/acc", "cdpo/arith/acc", "score/hit_rate", "dpo/val/rewards/accuracy",
+            "cdpo/val/rewards/accuracy", "select/pairs"} <= set(metrics)
+    assert "positive/arith/acc" not in metrics  # recipe.contrastive.callbacks.arith_eval=null: no decoding there
+    done = json.loads((run / "recipe.json").read_text())["done"]
+    assert done == ["sft", "sample", "select", "positive", "negative", "score", "dpo", "cdpo"]
+    pair = json.loads((run / "select" / "pairs.jsonl").read_text().splitlines()[0])
+    assert pair["prompt"].startswith("<|im_start|>") and pair["prompt"].endswith("<|im_start|>assistant\n")
+    assert pair["question"] in pair["prompt"] and "<|im_start|>" not in pair["question"]  # asked as chat, graded raw
+    sft = yaml.safe_load((run / "sft" / "config_resolved.yaml").read_text())
+    assert sft["data"]["stage"] == "sft_chat" and sft["callbacks"]["arith_eval"]["chat"] is True
+    for arm, weighted in (("dpo", False), ("cdpo", True)):
+        cfg = yaml.safe_load((run / arm / "config_resolved.yaml").read_text())
+        assert cfg["model"]["lora"]["r"] == 16 and cfg["method"]["reference"] == "precomputed"
+        assert cfg["data"]["format_options"]["token_weights"] is weighted

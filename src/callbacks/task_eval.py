@@ -89,8 +89,8 @@ def logger_step(trainer: pl.Trainer) -> int:
 class _TaskEval(Callback, abc.ABC):
     prefix = "task"
 
-    def __init__(self, every_validation: bool = False, at_start: bool = False) -> None:
-        self.every_validation, self.at_start = every_validation, at_start
+    def __init__(self, every_validation: bool = False, at_start: bool = False, chat: bool = False) -> None:
+        self.every_validation, self.at_start, self.chat = every_validation, at_start, chat
         self.results: dict[str, float] = {}
         self.start: dict[str, float] = {}  # at_start: the untrained model's metrics, as `<name>_start`
         self._scored_step: int | None = None  # the global step whose weights `results` scored
@@ -98,6 +98,12 @@ class _TaskEval(Callback, abc.ABC):
     @abc.abstractmethod
     def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
         """Task metrics of the current model (no prefix); `module` is the objective (its `backbone`, `sample_ids`)."""
+
+    def _encode(self, tok: Any, question: str) -> list[int]:
+        """A question's prompt ids: as it is, or (`chat`) as one user turn through the tokenizer's chat template."""
+        from src.data.formats.sft import user_turn_text
+
+        return tok.encode(user_turn_text(tok, question, f"{type(self).__name__}(chat=true)") if self.chat else question)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tok = getattr(pl_module, "tokenizer", None)
@@ -216,22 +222,16 @@ class ArithEval(_TaskEval):
     def __init__(self, n_eval: int = 300, seed: int = 0, operands: Sequence[int] = (2, 4),
                  digits: Sequence[int] = (1, 2), max_new_tokens: int = 40, every_validation: bool = False,
                  limit: int | None = None, chat: bool = False, at_start: bool = False) -> None:
-        super().__init__(every_validation, at_start)
+        super().__init__(every_validation, at_start, chat)
         from src.data.tasks.arith import eval_problems
 
         self.problems = eval_problems(n_eval, seed, tuple(operands), tuple(digits))[:limit]
-        self.max_new_tokens, self.chat = max_new_tokens, chat
-
-    def _prompt(self, tok: Any, question: str) -> list[int]:
-        if not self.chat:
-            return tok.encode(question)
-        return tok.encode(tok.hf.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                     add_generation_prompt=True))
+        self.max_new_tokens = max_new_tokens
 
     def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
         from src.data.tasks.arith import grade
 
-        got = greedy_answers(module, tok, [self._prompt(tok, p.question) for p in self.problems], self.max_new_tokens)
+        got = greedy_answers(module, tok, [self._encode(tok, p.question) for p in self.problems], self.max_new_tokens)
         grades = [grade(p, g) for p, g in zip(self.problems, got)]
         by_skill: dict[int, list[bool]] = defaultdict(list)
         for p, g in zip(self.problems, grades):
@@ -246,7 +246,8 @@ class RewardEval(_TaskEval):
     """Greedy accuracy on held-out `{prompt, answer}` records graded by a reward set: any verifiable task.
 
     Logs `task/acc` (share of completions whose total reward is >= `correct_at`), `task/reward` (mean total) and
-    `task/answered` (share with an answer the reward can read, when it can read answers). The cDPO recipe adds
+    `task/answered` (share with an answer the reward can read, when it can read answers). `chat: true` asks each
+    prompt as a user turn through the tokenizer's chat template, as ArithEval does. The cDPO recipe adds
     this callback to every stage when its task is your own records (src/recipes/cdpo_task.py).
     """
 
@@ -254,8 +255,8 @@ class RewardEval(_TaskEval):
 
     def __init__(self, path: str, reward: Any, prompt_field: str = "prompt", answer_field: str = "answer",
                  correct_at: float = 1.0, max_new_tokens: int = 64, every_validation: bool = False,
-                 limit: int | None = None, at_start: bool = False) -> None:
-        super().__init__(every_validation, at_start)
+                 limit: int | None = None, at_start: bool = False, chat: bool = False) -> None:
+        super().__init__(every_validation, at_start, chat)
         rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()][:limit]
         if not rows:
             raise ValueError(f"RewardEval: {path} holds no records; point it at a jsonl of held-out questions")
@@ -264,7 +265,7 @@ class RewardEval(_TaskEval):
         self.reward, self.correct_at, self.max_new_tokens = reward, float(correct_at), max_new_tokens
 
     def evaluate(self, module: pl.LightningModule, tok: Any) -> dict[str, float]:
-        got = greedy_answers(module, tok, [tok.encode(p) for p in self.prompts], self.max_new_tokens)
+        got = greedy_answers(module, tok, [self._encode(tok, p) for p in self.prompts], self.max_new_tokens)
         scores = self.reward(self.prompts, got, answer=self.answers)
         n = len(got)
         res = {"acc": sum(t >= self.correct_at for t in scores.total) / n, "reward": sum(scores.total) / n}

@@ -61,13 +61,14 @@ def loader_generator(seed: int) -> torch.Generator:
 
 
 def warn_trailing_whitespace(splits: list[LoadedSource], field: str) -> int:
-    """One warning per dataset when prompts end in whitespace; returns their count.
+    """One warning per dataset when prompts end in a space or a tab; returns their count.
 
     The prompt and the response are tokenized separately, so a prompt's trailing space becomes a token of its own
     and the response starts without the space a BPE word carries: "The capital of France is " + "Paris." scores
     `Paris` as a rare word-initial piece after a lone space token, far less likely than " Paris" after "is". TRL
     warns about the same mismatch. Only string prompts are counted (chat messages are rendered by
-    the template)."""
+    the template). A final newline is not: byte-level BPE (GPT-2, Llama 3, SmolLM2) and SentencePiece split a newline
+    from the next word anyway, so a prompt such as a chat template's "...assistant\n" tokenizes the same alone."""
     n = total = 0
     origin = splits[0].origin if splits else ""
     for split in splits:
@@ -76,9 +77,9 @@ def warn_trailing_whitespace(splits: list[LoadedSource], field: str) -> int:
         for p in split.dataset[field]:
             if isinstance(p, str):
                 total += 1
-                n += p[-1:].isspace()
+                n += p[-1:] in (" ", "\t")
     if n:
-        log.warning("%s: %d of %d prompts end in whitespace; the space becomes a token of its own and the response "
+        log.warning("%s: %d of %d prompts end in a space or tab; the space becomes a token of its own and the response "
                     "starts without it (a rare word-initial token). Move the space to the start of the response "
                     "(\"... is\" + \" Paris.\"), as tokenizers and chat templates expect", origin, n, total)
     return n

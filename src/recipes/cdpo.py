@@ -140,7 +140,7 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
 
     def stage(overrides: Any, name: str) -> DictConfig:  # a stage's config, with the task's held-out evaluation
         c = stage_config(cfg, overrides, run_dir / name, smoke)
-        extra = task.stage_callbacks()
+        extra = task.stage_callbacks(c.get("callbacks"))
         return OmegaConf.merge(c, {"callbacks": extra}) if extra else c
 
     # 1. SFT of the base policy; its tokenizer is saved for every later stage
@@ -162,7 +162,7 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
     rows = sample_graded(backbone, tok, questions, task.grade, run_dir / "sample" / "samples.jsonl",
                          k=int(s["k"]), temperature=float(s["temperature"]), top_p=s.get("top_p"),
                          max_new_tokens=int(s["max_new_tokens"]), chunk_questions=int(s["chunk_questions"]),
-                         seed=int(cfg.seed))
+                         seed=int(cfg.seed), prompt_text=lambda q: task.prompt_text(tok, q))
     if smoke:  # a 4-step base solves nothing: give each question its reference solution so later stages have data
         for row in rows:
             ref = task.reference_solution(row)
@@ -175,7 +175,10 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
                     "sample/well_formed": sum(c["well_formed"] for c in comps) / len(comps)})
     finish("sample")
 
-    # 3. positive / negative sets and pairs
+    # 3. positive / negative sets and pairs, their prompts as the later stages train on them
+    def asked(rec: dict[str, Any]) -> dict[str, Any]:  # task.chat: the chat text; `question` keeps what is graded
+        return {**rec, "question": rec["prompt"], "prompt": task.prompt_text(tok, rec["prompt"])} if task.chat else rec
+
     sel_dir = run_dir / "select"
     if not (sel_dir / "pairs.jsonl").is_file():
         sel = select_contrastive_data(rows, float(r.select.negative_coverage), int(r.select.pairs_per_question),
@@ -185,8 +188,8 @@ def run_cdpo(cfg: DictConfig) -> dict[str, Any]:
                 raise DataError(f"cdpo: the {name} set is empty ({sel.stats()} from {len(rows)} questions); "
                                  "sample more questions (recipe.sample.n_questions), more solutions each "
                                  "(recipe.sample.k) or at a higher temperature")
-            atomic_write_lines(sel_dir / f"{name}.jsonl", [json.dumps(x) for x in getattr(sel, name)])
-        atomic_write_lines(sel_dir / "pairs.jsonl", [json.dumps(x) for x in sel.pairs])  # the stage's artifact
+            atomic_write_lines(sel_dir / f"{name}.jsonl", [json.dumps(asked(x)) for x in getattr(sel, name)])
+        atomic_write_lines(sel_dir / "pairs.jsonl", [json.dumps(asked(x)) for x in sel.pairs])  # the artifact
     pairs = _jsonl(sel_dir / "pairs.jsonl")
     metrics.update({f"select/{k}": len(_jsonl(sel_dir / f"{k}.jsonl")) for k in ("positive", "negative", "pairs")})
     finish("select")
@@ -271,10 +274,11 @@ def _pictures(tok: Any, scored: list[dict[str, Any]], task: CdpoTask, out: Path,
     rows = []
     for rec in scored[:n_html]:
         spans = token_spans(tok, rec["rejected"])
-        g = grade(rec["prompt"], rec["rejected"])
+        question = rec.get("question", rec["prompt"])
+        g = grade(question, rec["rejected"])
         wrong = g.step_spans[g.first_wrong_step] if g.first_wrong_step is not None and \
             g.first_wrong_step < len(g.step_spans) else None
-        rows.append({"prompt": rec["prompt"], "tokens": [rec["rejected"][a:b] for a, b in spans],
+        rows.append({"prompt": question, "tokens": [rec["rejected"][a:b] for a, b in spans],
                      "scores": rec["rejected_scores"][: len(spans)], "wrong_span": wrong})
     atomic_write_text(out / "critical_tokens.html", token_score_html(rows, "rejected solutions, scored"))
     if offsets:

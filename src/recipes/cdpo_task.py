@@ -14,6 +14,12 @@
   Such a task defines no steps, so the first-wrong-step analysis is skipped with a note (the token scores, their
   HTML picture and DPO/cDPO are unchanged).
 
+`recipe.task.chat: true` asks every question as one user turn through the tokenizer's chat template (a chat model,
+such as SmolLM2-Instruct after a chat SFT, `experiment=cdpo/smollm2`): at sampling, in every stage's held-out
+evaluation, and in the prompts of the files the later stages train on (the contrastive sets and the pairs, whose
+`question` field keeps the question as asked, for grading). Responses stay plain text, each followed by the end token,
+which for a chat tokenizer is the end-of-turn marker the sampling stops at.
+
 A grade is anything with `answer`, `correct`, `well_formed`, `first_wrong_step` and `step_spans` (the arith task's
 `Grade`, or `TaskGrade` below); `grade(prompt, text)` is what sampling, the pictures and the analysis call.
 """
@@ -51,6 +57,7 @@ class CdpoTask(abc.ABC):
 
     acc_metric: str  # each training stage's held-out accuracy, without the stage prefix ("arith/acc")
     has_steps: bool  # whether grades carry a first wrong step (the critical-token analysis needs one)
+    chat: bool = False  # recipe.task.chat: questions asked through the chat template (module docstring)
 
     @abc.abstractmethod
     def questions(self) -> list[dict[str, Any]]:
@@ -60,9 +67,16 @@ class CdpoTask(abc.ABC):
     def grade(self, prompt: str, text: str) -> Any:
         """The grade of solution `text` to question `prompt` (module docstring)."""
 
-    def stage_callbacks(self) -> dict[str, Any]:
-        """Callbacks added to every training stage's config (the held-out evaluation); none by default."""
+    def stage_callbacks(self, callbacks: DictConfig | None) -> dict[str, Any]:
+        """Callbacks merged into a training stage's `callbacks` (the stage's own, given), for its held-out
+        evaluation; none by default."""
         return {}
+
+    def prompt_text(self, tok: Any, question: str) -> str:
+        """The text a question is asked as: itself, or (`chat`) a user turn through the chat template."""
+        from src.data.formats.sft import user_turn_text
+
+        return user_turn_text(tok, question, "recipe.task.chat=true") if self.chat else question
 
     def reference_solution(self, row: dict[str, Any]) -> str | None:
         """A correct solution of a sampled question, for `debug=smoke` (whose 4-step base solves nothing)."""
@@ -89,6 +103,11 @@ class ArithTask(CdpoTask):
         from src.data.tasks.arith import grade
 
         return grade(prompt, text)
+
+    def stage_callbacks(self, callbacks: DictConfig | None) -> dict[str, Any]:
+        """The config's own `arith_eval` asks its questions as chats when the task does (a stage without one,
+        `callbacks.arith_eval: null`, stays without)."""
+        return {"arith_eval": {"chat": True}} if self.chat and (callbacks or {}).get("arith_eval") else {}
 
     def reference_solution(self, row: dict[str, Any]) -> str | None:
         from src.data.tasks.arith import parse_question
@@ -146,10 +165,10 @@ class PromptTask(CdpoTask):
             return TaskGrade(answer, total >= self.correct_at, answer is not None)
         return TaskGrade(text.strip(), total >= self.correct_at, True)
 
-    def stage_callbacks(self) -> dict[str, Any]:
+    def stage_callbacks(self, callbacks: DictConfig | None) -> dict[str, Any]:
         return {"task_eval": {"_target_": "src.callbacks.task_eval.RewardEval", "path": str(self.eval_file),
                               "reward": "${reward}", "correct_at": self.correct_at,
-                              "max_new_tokens": self.eval_tokens,
+                              "max_new_tokens": self.eval_tokens, "chat": self.chat,
                               "limit": "${oc.select:eval_limit,null}"}}  # debug=smoke: a few questions
 
     def reference_solution(self, row: dict[str, Any]) -> str | None:
@@ -164,12 +183,16 @@ def build_task(cfg: DictConfig, run_dir: Path) -> CdpoTask:
     """The recipe's task from `recipe.task.kind` (default `arith`)."""
     t = cfg.recipe.get("task") or {}
     kind = t.get("kind", "arith")
+    task: CdpoTask
     if kind == "arith":
-        return ArithTask(cfg)
-    if kind == "prompt":
-        return PromptTask(cfg, run_dir)
-    raise ConfigError(f"recipe.task.kind={kind!r} is not one of {list(KINDS)}: arith (the built-in task) or prompt "
-                      "(your {prompt, answer} records, recipe.task.source=..., graded by reward=)")
+        task = ArithTask(cfg)
+    elif kind == "prompt":
+        task = PromptTask(cfg, run_dir)
+    else:
+        raise ConfigError(f"recipe.task.kind={kind!r} is not one of {list(KINDS)}: arith (the built-in task) or "
+                          "prompt (your {prompt, answer} records, recipe.task.source=..., graded by reward=)")
+    task.chat = bool(t.get("chat", False))
+    return task
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

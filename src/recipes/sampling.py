@@ -63,8 +63,11 @@ def sample_graded(
     chunk_questions: int,
     seed: int,
     progress: bool = True,
+    prompt_text: Callable[[str], str] | None = None,
 ) -> list[dict[str, Any]]:
-    """k completions per question (`{"prompt", ...}` dicts), each graded by `grade(prompt, text)`; see module doc."""
+    """k completions per question (`{"prompt", ...}` dicts), each graded by `grade(prompt, text)`; see module doc.
+    `prompt_text`: the text each prompt is asked as (a chat template's rendering; default: the prompt itself), while
+    rows and grades keep the prompt as given."""
     if out.is_file():
         return [json.loads(ln) for ln in out.read_text().splitlines()]
     partial = out.with_name(out.name + ".partial")
@@ -76,7 +79,8 @@ def sample_graded(
     with partial.open("ab") as f:
         for c in range(len(rows) // chunk_questions, n_chunks):
             qs = questions[c * chunk_questions:(c + 1) * chunk_questions]
-            prompt_ids = [tok.encode(q["prompt"]) for q in qs for _ in range(k)]
+            asked = [prompt_text(q["prompt"]) if prompt_text else q["prompt"] for q in qs]
+            prompt_ids = [tok.encode(a) for a in asked for _ in range(k)]
             ids, mask = left_pad(prompt_ids, tok.pad_id)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + c)
             new = generate(backbone, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,

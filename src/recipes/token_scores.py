@@ -115,7 +115,7 @@ def first_wrong_step_analysis(
     offsets: list[int] = []
     n = 0
     for rec in scored:
-        g = grade(rec["prompt"], rec["rejected"])
+        g = grade(rec.get("question", rec["prompt"]), rec["rejected"])  # the question as graded (task.chat)
         if g.first_wrong_step is None or g.first_wrong_step >= len(g.step_spans):
             continue
         spans = token_spans(tok, rec["rejected"])

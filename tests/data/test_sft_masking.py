@@ -113,21 +113,23 @@ def test_a_response_that_already_ends_with_the_end_token_gets_no_second_one(bpe)
     assert ids_plain[-1] == bpe.eos_id and ids_plain[-2] != bpe.eos_id
 
 
-def test_prompts_ending_in_whitespace_get_one_warning_with_their_count(tmp_path, caplog):
+def test_prompts_ending_in_a_space_get_one_warning_with_their_count(tmp_path, caplog):
     """`"The capital of France is " + "Paris."` puts the space in a token of its own and scores the response as a
-    rare word-initial piece (TRL warns too): one warning for the dataset, naming how many prompts and the fix."""
+    rare word-initial piece (TRL warns too): one warning for the dataset, naming how many prompts and the fix. A
+    final newline (a chat template's "assistant\n") is split from the next word anyway: not counted."""
     import logging
 
     from src.data.lm_datamodule import LMDataModule
     from tests.data.conftest import write_jsonl
 
     recs = [{"prompt": f"Tom went to the park {i} ", "response": "and ran."} for i in range(3)]
-    recs += [{"prompt": f"Mia saw a dog {i}", "response": " It barked."} for i in range(5)]
+    recs += [{"prompt": f"Mia saw a dog {i}", "response": " It barked."} for i in range(4)]
+    recs += [{"prompt": "Q: 2+2?\n", "response": "4"}]
     path = write_jsonl(tmp_path / "chats.jsonl", recs)
     dm = LMDataModule(source={"kind": "file", "path": str(path)}, format="sft", tokenizer={"vocab_size": 300},
                       seq_len=32, batch_size=2, val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
-    warnings = [r.getMessage() for r in caplog.records if "end in whitespace" in r.getMessage()]
-    assert len(warnings) == 1 and "3 of 8 prompts end in whitespace" in warnings[0]
+    warnings = [r.getMessage() for r in caplog.records if "end in a space" in r.getMessage()]
+    assert len(warnings) == 1 and "3 of 8 prompts end in a space or tab" in warnings[0]
     assert "Move the space to the start of the response" in warnings[0]

@@ -106,3 +106,45 @@ def test_reward_eval_scores_greedy_completions_by_the_reward(tmp_path: Path) -> 
     ev = RewardEval(str(f), RewardSet({"correct": GSM8KReward()}), max_new_tokens=8)
     assert ev.evaluate(Module(), Tok()) == {"acc": 0.5, "reward": 0.5, "answered": 0.75}
     assert RewardEval(str(f), RewardSet({"correct": GSM8KReward()}), limit=1).prompts == ["a"]
+
+
+def test_reward_eval_with_chat_asks_each_prompt_as_a_user_turn(tmp_path: Path) -> None:
+    f = tmp_path / "eval.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "answer": "1"}) + "\n")
+
+    class Hf:
+        chat_template = "stub"
+
+        def apply_chat_template(self, msgs, tokenize, add_generation_prompt):  # noqa: ANN001, ANN201
+            assert not tokenize and add_generation_prompt
+            return "".join(f"<{m['role']}>{m['content']}" for m in msgs) + "<assistant>"
+
+    class Tok:
+        eos_id, hf = 0, Hf()
+
+        def encode(self, s: str) -> list[int]:
+            return [ord(c) for c in s]
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(chr(i) for i in ids)
+
+    seen: list[str] = []
+
+    class Module:
+        def sample_ids(self, prompts, max_new_tokens, temperature):  # noqa: ANN001, ANN201
+            seen.extend("".join(chr(i) for i in p) for p in prompts)
+            return [[ord(c) for c in "#### 1"] + [0] for _ in prompts]
+
+    ev = RewardEval(str(f), RewardSet({"correct": GSM8KReward()}), chat=True)
+    assert ev.evaluate(Module(), Tok())["acc"] == 1.0 and seen == ["<user>a<assistant>"]
+
+
+def test_a_chat_task_turns_on_the_stage_evaluations_chat_and_renders_its_prompts() -> None:
+    from src.recipes.cdpo_task import ArithTask
+
+    task = ArithTask.__new__(ArithTask)  # no task files needed for these two methods
+    task.chat = True
+    assert task.stage_callbacks({"arith_eval": {"n_eval": 5}}) == {"arith_eval": {"chat": True}}
+    assert task.stage_callbacks({"arith_eval": None}) == {}  # a stage without the evaluation stays without
+    task.chat = False
+    assert task.stage_callbacks({"arith_eval": {"n_eval": 5}}) == {} and task.prompt_text(None, "1+2=") == "1+2="

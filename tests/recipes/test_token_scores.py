@@ -83,3 +83,29 @@ def test_sampling_resumes_from_whole_chunks(tok, tmp_path: Path) -> None:  # noq
     resumed = sample_graded(model, tok, qs, grade, tmp_path / "b" / "s.jsonl", **kw)
     assert resumed == whole and not partial.exists()
     assert json.loads((tmp_path / "b" / "s.jsonl").read_text().splitlines()[0]) == whole[0]
+
+
+def test_sampling_asks_the_rendered_prompt_and_keeps_the_question(tok, tmp_path: Path,  # noqa: ANN001
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """recipe.task.chat: the model is asked `prompt_text(q)` (a chat template's rendering), while the rows and the
+    grader keep the question itself: the completions equal sampling the rendered prompts directly."""
+    model = tiny(tok, 0)
+    qs = [{"prompt": Problem((a, b)).question, "answer": a + b} for a, b in [(1, 2), (3, 4), (5, 6)]]
+    kw = {"k": 2, "temperature": 1.0, "top_p": None, "max_new_tokens": 5, "chunk_questions": 2, "seed": 1,
+          "progress": False}
+    graded: list[str] = []
+    encoded: list[str] = []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda s, *a, **k: (encoded.append(s), encode(s, *a, **k))[1])
+
+    def grade_spy(prompt: str, text: str):  # noqa: ANN202
+        graded.append(prompt)
+        return grade(prompt, text)
+
+    asked = sample_graded(model, tok, qs, grade_spy, tmp_path / "a.jsonl", prompt_text=lambda q: "12+" + q, **kw)
+    assert [r["prompt"] for r in asked] == [q["prompt"] for q in qs] and set(graded) == {q["prompt"] for q in qs}
+    assert set(encoded) == {"12+" + q["prompt"] for q in qs}  # the model saw only the rendered prompts
+    direct = sample_graded(model, tok, [{**q, "prompt": "12+" + q["prompt"]} for q in qs], grade,
+                           tmp_path / "b.jsonl", **kw)
+    assert [[c["text"] for c in r["completions"]] for r in asked] == \
+        [[c["text"] for c in r["completions"]] for r in direct]

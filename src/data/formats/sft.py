@@ -174,6 +174,12 @@ def chat_prompt_text(tok: Tokenizer, prompt: str | list[dict[str, str]], where: 
     return tok.hf.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+def user_turn_text(tok: Tokenizer, question: str, where: str) -> str:
+    """`question` asked as one user turn through the tokenizer's chat template, up to the assistant's answer: how a
+    chat model is asked a plain-text task question (the chat task evaluations, the cDPO recipe's `task.chat`)."""
+    return chat_prompt_text(tok, [{"role": "user", "content": question}], where)
+
+
 class SFTFormat(DataFormat):
     """Prompt-masked fine-tuning records, one per row, right-padded per batch (module docstring)."""
 

@@ -73,3 +73,61 @@ def test_dropped_rollouts_leave_their_group() -> None:
     for scale in ("group", "batch", "none"):
         torch.testing.assert_close(group_advantages(full, 4, scale, valid=torch.ones(8, dtype=torch.bool)),
                                    group_advantages(full, 4, scale))
+
+
+def _runtime(s: str) -> str:
+    """The same text as a fresh, non-interned string, as a value read from a Hydra config is: an `is` comparison
+    with the literal (instead of `==`) would fail on it."""
+    return "".join(list(s))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_group_scaling_at_small_groups_and_a_large_eps(masked: bool) -> None:
+    """G = 2 (std of two rewards, not 1), G = 1 (scale 1 and one advantage per rollout), eps added to the scale."""
+    valid = (lambda n: torch.ones(n, dtype=torch.bool)) if masked else (lambda n: None)
+    r2 = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    s2 = math.sqrt(0.5)  # unbiased std of {1, 0}
+    torch.testing.assert_close(group_advantages(r2, 2, _runtime("group"), valid=valid(4)),
+                               torch.tensor([0.5, -0.5, 0, 0]) / (s2 + 1e-6))
+    torch.testing.assert_close(group_advantages(r2, 2, "group", eps=0.5, valid=valid(4)),
+                               torch.tensor([0.5, -0.5, 0, 0]) / (s2 + 0.5))
+    one = group_advantages(torch.tensor([3.0, 5.0]), 1, "group", valid=valid(2))
+    assert torch.equal(one, torch.zeros(2))  # one rollout per group: centred 0, two advantages
+    single = group_advantages(torch.tensor([3.0]), 1, "batch", valid=valid(1))
+    assert torch.equal(single, torch.zeros(1))  # a batch of one: scale 1, not the NaN std of one value
+
+
+def test_masked_scaling_with_two_one_and_no_valid_rollouts() -> None:
+    """Two valid rollouts: unbiased std over them (divide by n − 1 = 1); under `batch`, one or no valid rollout
+    gives scale 1 and advantages 0, never NaN."""
+    a = group_advantages(torch.tensor([1.0, 0.0, 7.0, 7.0]), 4, "group",
+                         valid=torch.tensor([True, True, False, False]))
+    s = math.sqrt(0.5)
+    torch.testing.assert_close(a, torch.tensor([0.5 / (s + 1e-6), -0.5 / (s + 1e-6), 0, 0]))
+    for v in ([True, False, False, False], [False, False, False, False]):
+        b = group_advantages(torch.tensor([1.0, 0.0, 7.0, 7.0]), 4, "batch", valid=torch.tensor(v))
+        assert torch.equal(b, torch.zeros(4))
+
+
+def test_surrogate_on_both_sides_of_the_clip_for_both_signs() -> None:
+    """−min(ρA, clip(ρ)A) at ρ ∈ {0.5, 1.5} and A = ±1 (ε_low 0.1, ε_high 0.3): the unclipped term wins when it is
+    the more pessimistic one (ρ = 0.5, A = +1; ρ = 1.5, A = −1), the clipped one otherwise."""
+    logp = torch.log(torch.tensor([[0.5, 1.5], [0.5, 1.5]]))
+    got = clipped_surrogate(logp, torch.zeros(2, 2), torch.tensor([1.0, -1.0]), eps_low=0.1, eps_high=0.3)
+    torch.testing.assert_close(got, torch.tensor([[-0.5, -1.3], [0.9, 1.5]]))
+
+
+def test_normalisers_return_their_exact_numerator_and_denominator() -> None:
+    """bnpo is a token mean per micro-batch (denominator 1), dapo one over the whole step (the token count), and
+    dr_grpo divides by the row width when no L_max is given: the (numerator, denominator) pairs, not only their
+    ratio, decide how micro-batches add up."""
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # N = 2, T = 3
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    num, den = normalise(per_token, mask, _runtime("bnpo"))
+    assert (float(num), float(den)) == pytest.approx((7 / 3, 1.0))
+    num, den = normalise(per_token, mask, "dapo")
+    assert (float(num), float(den)) == (7.0, 3.0)
+    num, den = normalise(per_token, mask, _runtime("dr_grpo"))
+    assert (float(num), float(den)) == pytest.approx((7 / 3, 2.0))  # Σ / T, over N sequences
+    num, den = normalise(per_token, mask, _runtime("grpo"))
+    assert (float(num), float(den)) == pytest.approx((1.5 + 4.0, 2.0))

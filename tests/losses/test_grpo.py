@@ -95,6 +95,8 @@ def test_group_scaling_at_small_groups_and_a_large_eps(masked: bool) -> None:
     assert torch.equal(one, torch.zeros(2))  # one rollout per group: centred 0, two advantages
     single = group_advantages(torch.tensor([3.0]), 1, "batch", valid=valid(1))
     assert torch.equal(single, torch.zeros(1))  # a batch of one: scale 1, not the NaN std of one value
+    two = group_advantages(torch.tensor([1.0, 0.0]), 2, _runtime("batch"), valid=valid(2))  # a batch of two: std
+    torch.testing.assert_close(two, torch.tensor([0.5, -0.5]) / (s2 + 1e-6))
 
 
 def test_masked_scaling_with_two_one_and_no_valid_rollouts() -> None:
@@ -131,3 +133,7 @@ def test_normalisers_return_their_exact_numerator_and_denominator() -> None:
     assert (float(num), float(den)) == pytest.approx((7 / 3, 2.0))  # Σ / T, over N sequences
     num, den = normalise(per_token, mask, _runtime("grpo"))
     assert (float(num), float(den)) == pytest.approx((1.5 + 4.0, 2.0))
+    one = torch.tensor([[1, 0, 0], [0, 0, 0]])  # one token in the micro-batch, a completion with none
+    assert [float(x) for x in normalise(per_token, one, "grpo")] == [1.0, 2.0]  # the empty row adds 0, not NaN
+    assert [float(x) for x in normalise(per_token, one, "bnpo")] == [1.0, 1.0]
+    assert [float(x) for x in normalise(per_token, torch.zeros(2, 3), "bnpo")] == [0.0, 1.0]  # nothing to learn
